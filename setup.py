@@ -1,0 +1,49 @@
+"""vitjax: the analysis toolkit of five ViT papers, in JAX/Flax.
+
+The top-level `kernels/` folder is installed as `vitjax.kernels`, so it can never clash with any
+other distribution that ships a top-level package called `kernels`.
+"""
+
+from setuptools import find_packages, setup
+
+TORCH = "torch==2.13.0"  # the local CPU build; anything looser drags in CUDA wheels
+
+setup(
+    name="vitjax",
+    version="0.1.0",
+    description="Functional Flax Vision Transformers with explicit capture, and the analyses of "
+    "five papers on how ViTs work",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.11",
+    packages=find_packages(include=["vitjax", "vitjax.*"]) + ["vitjax.kernels"],
+    package_dir={"vitjax.kernels": "kernels"},
+    install_requires=[
+        "jax>=0.10.2,<0.11",
+        "flax>=0.12.8,<0.13",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12.8,<0.13",
+        "numpy>=1.26",
+        "safetensors>=0.8",
+        "huggingface_hub>=1.0",
+        "ml_collections>=1.1",
+        "tqdm>=4.66",
+    ],
+    extras_require={
+        # Reading .pth/.bin pickles and OpenAI CLIP's TorchScript archives needs torch itself.
+        "torch": [TORCH],
+        # The PyTorch originals used as oracles. timm and open_clip_torch are installed separately
+        # with --no-deps (see README): their torchvision requirement has no CPU build here.
+        "test": [
+            TORCH,
+            "transformers==5.23.0",
+            "pytest>=8",
+            "pytest-xdist>=3.6",
+            "pyyaml",
+            "pillow",
+            "ftfy",
+            "regex",
+        ],
+    },
+    entry_points={"console_scripts": ["vitjax=vitjax.cli:main"]},
+)

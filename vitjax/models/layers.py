@@ -1,0 +1,134 @@
+"""The pieces of a ViT block: attention with explicit taps, the MLP variants, and their norms."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import linen as nn
+
+# Weight init for randomly created models (create_model); converted checkpoints overwrite it all.
+dense_init = nn.initializers.truncated_normal(0.02)
+
+
+def quick_gelu(x):
+    """OpenAI CLIP's activation: x * sigmoid(1.702 x)."""
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # torch.nn.GELU (erf), not Flax's tanh default
+    "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+    "quick_gelu": quick_gelu,
+}
+
+
+def layer_norm(eps: float, dtype, name: str) -> nn.LayerNorm:
+    # Two-pass variance: the fast E[x^2]-E[x]^2 form loses precision on the high-norm outlier
+    # tokens that the registers analyses are about.
+    return nn.LayerNorm(epsilon=eps, dtype=dtype, use_fast_variance=False, name=name)
+
+
+def relative_position_index(grid: tuple[int, int]) -> np.ndarray:
+    """BEiT's (N, N) index into its relative position bias table, N = 1 + gh * gw.
+
+    Patch pairs index by their (dy, dx) offset; the last three table rows are the class token
+    attending to patches, patches attending to the class token, and class to class.
+    """
+    gh, gw = grid
+    coords = np.stack(np.meshgrid(np.arange(gh), np.arange(gw), indexing="ij")).reshape(2, -1)
+    rel = coords[:, :, None] - coords[:, None, :]
+    rel_y = rel[0] + gh - 1
+    rel_x = rel[1] + gw - 1
+    num_rel = (2 * gh - 1) * (2 * gw - 1)
+    index = np.zeros((gh * gw + 1, gh * gw + 1), dtype=np.int32)
+    index[1:, 1:] = rel_y * (2 * gw - 1) + rel_x
+    index[0, 1:] = num_rel
+    index[1:, 0] = num_rel + 1
+    index[0, 0] = num_rel + 2
+    return index
+
+
+def relative_bias_table_size(grid: tuple[int, int]) -> int:
+    return (2 * grid[0] - 1) * (2 * grid[1] - 1) + 3
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention that returns the taps it is asked for.
+
+    qkv_bias: 'qkv' (one fused bias), 'qv' (BEiT: q and v biases, k has none) or 'none'.
+    rel_pos_grid: the patch grid of a BEiT relative position bias table, or None.
+    """
+
+    num_heads: int
+    qkv_bias: str = "qkv"
+    rel_pos_grid: tuple[int, int] | None = None
+    taps: frozenset[str] = frozenset()
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+        batch, num_tokens, width = x.shape
+        head_dim = width // self.num_heads
+        qkv = nn.Dense(
+            3 * width, use_bias=self.qkv_bias == "qkv", dtype=self.dtype, kernel_init=dense_init, name="qkv"
+        )(x)
+        if self.qkv_bias == "qv":
+            q_bias = self.param("q_bias", nn.initializers.zeros, (width,))
+            v_bias = self.param("v_bias", nn.initializers.zeros, (width,))
+            qkv = qkv + jnp.concatenate([q_bias, jnp.zeros_like(q_bias), v_bias]).astype(qkv.dtype)
+        q, k, v = jnp.moveaxis(qkv.reshape(batch, num_tokens, 3, self.num_heads, head_dim), 2, 0)
+
+        logits = jnp.einsum("bqhd,bkhd->bhqk", q * head_dim**-0.5, k).astype(jnp.float32)
+        if self.rel_pos_grid is not None:
+            table = self.param(
+                "rel_pos_bias",
+                nn.initializers.zeros,
+                (relative_bias_table_size(self.rel_pos_grid), self.num_heads),
+            )
+            index = relative_position_index(self.rel_pos_grid)
+            if index.shape[0] != num_tokens:
+                raise ValueError(
+                    f"relative position bias is built for {index.shape[0]} tokens "
+                    f"(grid {self.rel_pos_grid}), got {num_tokens}; load the model with image_size set"
+                )
+            logits = logits + jnp.transpose(table[index], (2, 0, 1))
+        probs = jax.nn.softmax(logits, axis=-1)
+        out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v).reshape(batch, num_tokens, width)
+        out = nn.Dense(width, dtype=self.dtype, kernel_init=dense_init, name="proj")(out)
+
+        per_head = lambda t: jnp.transpose(t, (0, 2, 1, 3))  # (B, N, H, Dh) -> (B, H, N, Dh)
+        available = {
+            "attn": lambda: probs,
+            "attn_logits": lambda: logits,
+            "q": lambda: per_head(q),
+            "k": lambda: per_head(k),
+            "v": lambda: per_head(v),
+        }
+        record = {name: make() for name, make in available.items() if name in self.taps}
+        return out, record
+
+
+class Mlp(nn.Module):
+    """fc1 -> activation -> fc2, or fused SwiGLU (DINOv2-g): fc1 gives [x1, x2], fc2(silu(x1) * x2).
+
+    The SwiGLU weights keep the names fc1/fc2 (timm's naming; DINOv2's official w12/w3) so one key
+    table serves both kinds.
+    """
+
+    hidden: int
+    kind: str = "gelu"
+    dtype: jnp.dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        width = x.shape[-1]
+        fc1 = nn.Dense(
+            2 * self.hidden if self.kind == "swiglu" else self.hidden,
+            dtype=self.dtype, kernel_init=dense_init, name="fc1",
+        )
+        fc2 = nn.Dense(width, dtype=self.dtype, kernel_init=dense_init, name="fc2")
+        if self.kind == "swiglu":
+            x1, x2 = jnp.split(fc1(x), 2, axis=-1)
+            return fc2(jax.nn.silu(x1) * x2)
+        return fc2(ACTIVATIONS[self.kind](fc1(x)))
