@@ -9,6 +9,7 @@ param is returned.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 
 import jax
@@ -18,7 +19,8 @@ from flax import traverse_util
 
 from vitjax.convert import layouts
 from vitjax.convert.positions import fit_pos_embed, fit_rel_pos_bias
-from vitjax.convert.read import CheckpointError, find_in_hf_cache, read_state_dict
+from vitjax.convert import orbax_io
+from vitjax.convert.read import StateDict, find_in_hf_cache, read_state_dict
 from vitjax.convert.table import apply_table, check_fit
 from vitjax.models.registry import ModelSpec, lookup
 from vitjax.models.vit import ViT, ViTConfig
@@ -58,6 +60,19 @@ def param_shapes(model) -> dict[str, tuple[int, ...]]:
     return {path: tuple(leaf.shape) for path, leaf in traverse_util.flatten_dict(shapes, sep="/").items()}
 
 
+def param_count(config) -> int:
+    """Number of parameters of the model a config builds, without allocating it.
+
+    ViT blocks are identical, so a ViT is counted from its 0- and 1-block versions: tracing a
+    40-block model just to count it would make `vitjax models` take minutes.
+    """
+    count = lambda cfg: sum(math.prod(s) for s in param_shapes(build(cfg)).values())
+    if not isinstance(config, ViTConfig):
+        return count(config)
+    stem = count(dataclasses.replace(config, depth=0))
+    return stem + config.depth * (count(dataclasses.replace(config, depth=1)) - stem)
+
+
 def create_model(name: str, *, key: jax.Array, image_size=None, **overrides):
     """A randomly initialised model: `model, params = create_model(name, key=jax.random.key(0))`."""
     model = build(model_config(name, image_size, **overrides))
@@ -90,18 +105,20 @@ def load(name: str, checkpoint: str | os.PathLike | None = None, image_size=None
     overrides:  config fields (e.g. depth, width), for checkpoints of non-standard size
     """
     spec = lookup(name)
-    model = build(model_config(name, image_size, **overrides))
     path = os.fspath(checkpoint) if checkpoint is not None else _find_checkpoint(spec)
-    from vitjax.convert import orbax_io
-
     if orbax_io.is_vitjax_checkpoint(path):
-        params = orbax_io.restore(path, param_shapes(model))
+        saved = orbax_io.read_metadata(path)
+        if saved.get("name") not in (None, spec.name):
+            raise ValueError(f"{path} was converted for {saved['name']!r}, not {spec.name!r}")
+        overrides = {**saved.get("overrides", {}), **overrides}
+        state = orbax_io.read(path)
     else:
-        params = convert_state(read_state_dict(path), spec, model)
-    return model, params
+        state = read_state_dict(path)
+    model = build(model_config(name, image_size, **overrides))
+    return model, convert_state(state, spec, model)
 
 
-def convert_state(state, spec: ModelSpec, model) -> dict:
+def convert_state(state: StateDict, spec: ModelSpec, model) -> dict:
     """Maps a read checkpoint onto `model`'s params (a nested dict of jax arrays), or raises."""
     layout = layouts.sniff(state.tensors, spec)
     mapped = apply_table(state.tensors, layouts.rules(layout, model.config), layout)
@@ -111,6 +128,3 @@ def convert_state(state, spec: ModelSpec, model) -> dict:
     check_fit(mapped, param_shapes(model), layout)
     flat = {tuple(path.split("/")): jnp.asarray(np.asarray(v, np.float32)) for path, v in mapped.params.items()}
     return traverse_util.unflatten_dict(flat)
-
-
-__all__ = ["CheckpointError", "create_model", "load", "model_config", "param_shapes"]

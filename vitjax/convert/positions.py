@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from vitjax.models import posemb as posemb_lib
+from vitjax.models.posemb import resample_posemb, resize_rel_pos_bias_table
 from vitjax.models.vit import ViTConfig
 
 
@@ -48,14 +48,32 @@ def fit_pos_embed(params: dict[str, np.ndarray], cfg: ViTConfig) -> None:
         prefix = np.concatenate([prefix, np.zeros((1, cfg.num_pos_prefix - have, posemb.shape[2]), posemb.dtype)], 1)
     old_grid = _grid_of(patches.shape[1], "the checkpoint's pos_embed")
     if old_grid != cfg.grid:
-        patches = np.asarray(posemb_lib.resample_posemb(patches, 0, old_grid, cfg.grid, cfg.posemb_resample))
+        patches = np.asarray(resample_posemb(patches, 0, old_grid, cfg.grid, cfg.posemb_resample))
     params["pos_embed"] = np.concatenate([prefix, patches], axis=1).astype(posemb.dtype)
 
 
+# Where the key tables put a BEiT checkpoint's one table shared by all blocks (`rel_pos_bias.*`).
+SHARED_REL_POS_BIAS = "shared_rel_pos_bias"
+
+
 def fit_rel_pos_bias(params: dict[str, np.ndarray], cfg: ViTConfig) -> None:
-    """Resizes BEiT relative position bias tables (in place) to cfg's grid, as timm does."""
+    """Gives every block a BEiT relative position bias table and resizes them (in place) to cfg's
+    grid, as timm does.
+
+    BEiT's pre-trained checkpoints hold one table shared by all blocks; the official fine-tuning code
+    copies it into every block, which is what vitjax's per-block params hold. A block that has its
+    own table as well adds the two, as BEiT's attention does (both index the same offsets).
+    """
     if not cfg.rel_pos_bias:
         return
+    shared = params.pop(SHARED_REL_POS_BIAS, None)
+    if shared is not None:
+        if shared.ndim != 2 or shared.shape[1] != cfg.num_heads:
+            raise ValueError(f"the shared relative position bias table has shape {shared.shape}; "
+                             f"the model has {cfg.num_heads} heads")
+        for i in range(cfg.depth):
+            path = f"blocks_{i}/attn/rel_pos_bias"
+            params[path] = params[path] + shared if path in params else shared
     for path in [p for p in params if p.endswith("attn/rel_pos_bias")]:
         table = params[path]
         num_rel = table.shape[0] - 3
@@ -63,4 +81,4 @@ def fit_rel_pos_bias(params: dict[str, np.ndarray], cfg: ViTConfig) -> None:
         if (2 * side - 1) ** 2 != num_rel:
             raise ValueError(f"{path} has {table.shape[0]} rows, which fits no square grid")
         if (side, side) != cfg.grid:
-            params[path] = np.asarray(posemb_lib.resize_rel_pos_bias_table(table, (side, side), cfg.grid))
+            params[path] = np.asarray(resize_rel_pos_bias_table(table, (side, side), cfg.grid))

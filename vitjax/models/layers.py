@@ -7,6 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
+from vitjax.kernels import reference
+
 # Weight init for randomly created models (create_model); converted checkpoints overwrite it all.
 dense_init = nn.initializers.truncated_normal(0.02)
 
@@ -79,7 +81,7 @@ class Attention(nn.Module):
             qkv = qkv + jnp.concatenate([q_bias, jnp.zeros_like(q_bias), v_bias]).astype(qkv.dtype)
         q, k, v = jnp.moveaxis(qkv.reshape(batch, num_tokens, 3, self.num_heads, head_dim), 2, 0)
 
-        logits = jnp.einsum("bqhd,bkhd->bhqk", q * head_dim**-0.5, k).astype(jnp.float32)
+        bias = None
         if self.rel_pos_grid is not None:
             table = self.param(
                 "rel_pos_bias",
@@ -92,21 +94,14 @@ class Attention(nn.Module):
                     f"relative position bias is built for {index.shape[0]} tokens "
                     f"(grid {self.rel_pos_grid}), got {num_tokens}; load the model with image_size set"
                 )
-            logits = logits + jnp.transpose(table[index], (2, 0, 1))
-        probs = jax.nn.softmax(logits, axis=-1)
-        out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v).reshape(batch, num_tokens, width)
+            bias = jnp.transpose(table[index], (2, 0, 1))
+        out, probs, logits = reference.attention(q, k, v, bias)
+        out = out.reshape(batch, num_tokens, width)
         out = nn.Dense(width, dtype=self.dtype, kernel_init=dense_init, name="proj")(out)
 
-        per_head = lambda t: jnp.transpose(t, (0, 2, 1, 3))  # (B, N, H, Dh) -> (B, H, N, Dh)
-        available = {
-            "attn": lambda: probs,
-            "attn_logits": lambda: logits,
-            "q": lambda: per_head(q),
-            "k": lambda: per_head(k),
-            "v": lambda: per_head(v),
-        }
-        record = {name: make() for name, make in available.items() if name in self.taps}
-        return out, record
+        heads_first = lambda t: jnp.transpose(t, (0, 2, 1, 3))  # (B, N, H, Dh) -> (B, H, N, Dh)
+        record = {"attn": probs, "attn_logits": logits, "q": heads_first(q), "k": heads_first(k), "v": heads_first(v)}
+        return out, {name: value for name, value in record.items() if name in self.taps}
 
 
 class Mlp(nn.Module):

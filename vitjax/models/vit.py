@@ -188,7 +188,9 @@ class ViT(nn.Module):
 
         layout = cfg.layout(grid)
         tokens = layer_norm(cfg.norm_eps, cfg.dtype, "norm")(x) if cfg.final_norm else x
-        if cfg.pool == "token":
+        if cfg.pool == "token" and cfg.dist_token:
+            pooled = (tokens[:, 0] + tokens[:, 1]) / 2  # timm's pre-logits feature of distilled DeiT
+        elif cfg.pool == "token":
             pooled = tokens[:, 0]
         else:
             pooled = tokens[:, layout.patch_slice].mean(axis=1)
@@ -198,11 +200,12 @@ class ViT(nn.Module):
         logits = None
         if cfg.num_classes:
             head = nn.Dense(cfg.num_classes, dtype=cfg.dtype, kernel_init=dense_init, name="head")
-            logits = head(pooled)
             if cfg.dist_token:
                 # DeiT distilled inference: average the class head and the distillation head.
                 head_dist = nn.Dense(cfg.num_classes, dtype=cfg.dtype, kernel_init=dense_init, name="head_dist")
-                logits = (logits + head_dist(tokens[:, 1])) / 2
+                logits = (head(tokens[:, 0]) + head_dist(tokens[:, 1])) / 2
+            else:
+                logits = head(pooled)
         embedding = None
         if cfg.proj_dim:
             embedding = pooled @ self.param("proj", dense_init, (cfg.width, cfg.proj_dim)).astype(cfg.dtype)

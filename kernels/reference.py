@@ -1,0 +1,22 @@
+"""Materialised multi-head attention: the exact reference every other kernel is checked against."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None = None):
+    """softmax(q k^T / sqrt(Dh) + bias) v for q, k, v of shape (B, N, H, Dh).
+
+    Returns (out (B, N, H, Dh), probs (B, H, N, N), logits (B, H, N, N)). Logits and the softmax are
+    float32 whatever the input dtype, so bf16 runs keep exact probabilities. XLA drops whichever of
+    probs and logits the caller does not use.
+    """
+    head_dim = q.shape[-1]
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q * head_dim**-0.5, k).astype(jnp.float32)
+    if bias is not None:
+        logits = logits + bias
+    probs = jax.nn.softmax(logits, axis=-1)
+    out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
+    return out, probs, logits
