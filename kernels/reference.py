@@ -10,11 +10,12 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None =
     """softmax(q k^T / sqrt(Dh) + bias) v for q, k, v of shape (B, N, H, Dh).
 
     Returns (out (B, N, H, Dh), probs (B, H, N, N), logits (B, H, N, N)). Logits and the softmax are
-    float32 whatever the input dtype, so bf16 runs keep exact probabilities. XLA drops whichever of
-    probs and logits the caller does not use.
+    at least float32 (float64 stays float64), so bf16 runs keep exact probabilities. XLA drops
+    whichever of probs and logits the caller does not use.
     """
     head_dim = q.shape[-1]
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q * head_dim**-0.5, k).astype(jnp.float32)
+    logits = jnp.einsum("bqhd,bkhd->bhqk", q * head_dim**-0.5, k)
+    logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     if bias is not None:
         logits = logits + bias
     probs = jax.nn.softmax(logits, axis=-1)

@@ -51,7 +51,6 @@ def cmd_inspect(args) -> None:
     import jax
 
     import vitjax
-    from vitjax.capture import TAPS
     from vitjax.load import build, dummy_input, model_config
 
     overrides = parse_overrides(args.set)
@@ -66,7 +65,8 @@ def cmd_inspect(args) -> None:
     print(f"preprocessing: {spec.preprocess}")
     print(f"config: {model.config}")
     print(f"parameters: {sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(shapes)):,}")
-    taps = tuple(t for t in TAPS if t in args.taps.split(",")) if args.taps else ("tokens", "attn")
+    default_taps = ("tokens", "attn") if isinstance(model.config, vitjax.ViTConfig) else ("tokens",)
+    taps = tuple(args.taps.split(",")) if args.taps else default_taps
     out = jax.eval_shape(lambda p, x: model.apply({"params": p}, x, capture=taps), shapes, dummy_input(model.config))
     layout = out.layout
     print(f"token layout: {layout.num_class} class, {layout.num_dist} distillation, {layout.num_registers} "
@@ -77,7 +77,7 @@ def cmd_inspect(args) -> None:
           + (f", logits {out.logits.shape}" if out.logits is not None else ""))
     rows = []
     for i, layer in enumerate(out.layers):
-        block_params = shapes.get(f"blocks_{i}", shapes.get(f"stage_{i}", {}))
+        block_params = shapes.get(f"blocks_{i}", shapes.get(f"layer{i + 1}", {}))  # ViT block or ResNet stage
         count = sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(block_params))
         rows.append((str(i), f"{count:,}", *(str(tuple(layer[t].shape)) if t in layer else "" for t in taps)))
     _table(("block", "params", *taps), rows)

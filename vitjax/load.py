@@ -114,7 +114,9 @@ def load(name: str, checkpoint: str | os.PathLike | None = None, image_size=None
         state = orbax_io.read(path)
     else:
         state = read_state_dict(path)
-    model = build(model_config(name, image_size, **overrides))
+    if image_size is not None:
+        overrides["image_size"] = image_size
+    model = build(model_config(name, **overrides))
     return model, convert_state(state, spec, model)
 
 
