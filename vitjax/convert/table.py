@@ -55,6 +55,8 @@ class Rule:
     target: '/'-separated param path, or None to ignore the key (then `why` says why).
     part:   for params assembled from several keys (Hugging Face's separate q/k/v), the index of
             this key's slice; the slices are concatenated along the last axis in part order.
+    transform: turns the tensor into the param; for an ignored key, a check that raises if dropping
+            the tensor would change the model (timm's CLIP head bias must be zero, for example).
     """
 
     source: str
@@ -67,8 +69,8 @@ class Rule:
         object.__setattr__(self, "_regex", re.compile(self.source))
 
 
-def ignore(source: str, why: str) -> Rule:
-    return Rule(source, None, why=why)
+def ignore(source: str, why: str, check: Callable[[np.ndarray], object] = identity) -> Rule:
+    return Rule(source, None, check, why=why)
 
 
 @dataclasses.dataclass
@@ -90,6 +92,7 @@ def apply_table(state: Mapping[str, np.ndarray], rules: list[Rule], layout: str)
             unexpected.append(key)
             continue
         if rule.target is None:
+            rule.transform(np.asarray(value))  # a check: may only refuse to drop the tensor
             ignored[key] = rule.why
             continue
         path = rule._regex.sub(rule.target, key)
@@ -117,9 +120,9 @@ def apply_table(state: Mapping[str, np.ndarray], rules: list[Rule], layout: str)
 def check_fit(mapped: Mapped, expected: Mapping[str, tuple[int, ...]], layout: str) -> None:
     """Raises unless `mapped` provides exactly the expected param paths with the expected shapes."""
     missing = [p for p in expected if p not in mapped.params]
-    unexpected = [f"{mapped.sources[p]} (-> {p})" for p in mapped.params if p not in expected]
+    unexpected = [f"{mapped.sources.get(p, p)} (-> {p})" for p in mapped.params if p not in expected]
     misshaped = [
-        f"{mapped.sources[p]}: checkpoint {tuple(v.shape)}, model {tuple(expected[p])}"
+        f"{mapped.sources.get(p, p)}: checkpoint {tuple(v.shape)}, model {tuple(expected[p])}"
         for p, v in mapped.params.items()
         if p in expected and tuple(v.shape) != tuple(expected[p])
     ]

@@ -4,6 +4,7 @@ SelfPatch releases share up to a few synonyms (`gamma_1` for `ls1.gamma`, `regis
 
 from __future__ import annotations
 
+from vitjax.convert.positions import SHARED_REL_POS_BIAS
 from vitjax.convert.table import Rule, conv, ignore, linear
 
 B = r"blocks\.(\d+)\."  # one block's prefix; \1 is its index
@@ -32,6 +33,9 @@ RULES: list[Rule] = [
     Rule(B + r"attn\.v_bias", r"blocks_\1/attn/v_bias"),
     Rule(B + r"attn\.relative_position_bias_table", r"blocks_\1/attn/rel_pos_bias"),
     ignore(B + r"attn\.relative_position_index", "an index buffer, regenerated from the grid"),
+    # BEiT pre-training shares one table across blocks; positions.fit_rel_pos_bias hands it to every block.
+    Rule(r"rel_pos_bias\.relative_position_bias_table", SHARED_REL_POS_BIAS),
+    ignore(r"rel_pos_bias\.relative_position_index", "an index buffer, regenerated from the grid"),
     *dense(B + r"attn\.proj", r"blocks_\1/attn/proj"),
     Rule(B + r"(?:ls1\.gamma|gamma_1)", r"blocks_\1/ls1"),
     Rule(B + r"(?:ls2\.gamma|gamma_2)", r"blocks_\1/ls2"),

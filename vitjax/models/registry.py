@@ -12,6 +12,7 @@ import dataclasses
 from typing import Any
 
 from vitjax.models.posemb import Resample
+from vitjax.models.resnet import ResNetConfig
 from vitjax.models.vit import ViTConfig
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -76,6 +77,8 @@ def lookup(name: str) -> ModelSpec:
 
 
 TIMM = ("timm",)
+# Families that Hugging Face transformers also hosts (DINO as ViTModel, non-distilled DeiT as ViT).
+TIMM_HF_VIT, TIMM_HF_DINOV2 = ("timm", "hf_vit"), ("timm", "hf_dinov2")
 VIT_SIZES = {  # width, depth, heads, mlp_dim
     "tiny": (192, 12, 3, 768),
     "small": (384, 12, 6, 1536),
@@ -100,16 +103,16 @@ def _register_all() -> None:
     sup = Preprocess(HALF, HALF, crop_pct=0.9)
     for size in ("tiny", "small", "base"):
         name = f"vit_{size}_patch16_224.augreg_in21k_ft_in1k"
-        register(ModelSpec(name, "supervised ViT", vit(size, 16, num_classes=1000), sup, TIMM, timm_hub(name),
-                           verified="timm"))
+        register(ModelSpec(name, "supervised ViT", vit(size, 16, num_classes=1000), sup, TIMM_HF_VIT,
+                           timm_hub(name), verified="timm, transformers"))
     for size in ("tiny", "small", "base"):
         name = f"deit_{size}_patch16_224.fb_in1k"
-        register(ModelSpec(name, "DeiT", vit(size, 16, num_classes=1000), Preprocess(), TIMM, timm_hub(name),
-                           verified="timm"))
+        register(ModelSpec(name, "DeiT", vit(size, 16, num_classes=1000), Preprocess(), TIMM_HF_VIT, timm_hub(name),
+                           verified="timm, transformers"))
     for size in ("tiny", "small", "base"):
         name = f"deit_{size}_distilled_patch16_224.fb_in1k"
         register(ModelSpec(name, "DeiT distilled", vit(size, 16, num_classes=1000, dist_token=True), Preprocess(),
-                           TIMM, timm_hub(name), verified="timm"))
+                           TIMM_HF_VIT, timm_hub(name), verified="timm, transformers"))
     for size in ("small", "base", "large"):
         name = f"deit3_{size}_patch16_224.fb_in1k"
         cfg = vit(size, 16, num_classes=1000, layer_scale=True, pos_embed_prefix=False)
@@ -120,10 +123,11 @@ def _register_all() -> None:
     for (size, patch), stem in dino_files.items():
         url = f"https://dl.fbaipublicfiles.com/dino/dino_{stem}_pretrain/dino_{stem}_pretrain.pth"
         name = f"vit_{size}_patch{patch}_224.dino"
-        register(ModelSpec(name, "DINO", vit(size, patch), Preprocess(), TIMM, timm_hub(name), url, "timm"))
+        register(ModelSpec(name, "DINO", vit(size, patch), Preprocess(), TIMM_HF_VIT, timm_hub(name), url,
+                           "timm, transformers"))
         alias = f"dino_vit{size[0]}{patch}"
-        register(ModelSpec(alias, "DINO", vit(size, patch, posemb_resample=DINO_RESAMPLE), Preprocess(), TIMM,
-                           None, url, "timm"))
+        register(ModelSpec(alias, "DINO", vit(size, patch, posemb_resample=DINO_RESAMPLE), Preprocess(),
+                           TIMM_HF_VIT, None, url, "timm, transformers"))
 
     for size in ("small", "base"):
         url = f"https://dl.fbaipublicfiles.com/moco-v3/vit-{size[0]}-300ep/vit-{size[0]}-300ep.pth.tar"
@@ -146,12 +150,12 @@ def _register_all() -> None:
                 pool="avg", fc_norm=True, num_classes=1000)
     for size in ("base", "large"):
         name = f"beit_{size}_patch16_224.in22k_ft_in22k_in1k"
-        register(ModelSpec(name, "BEiT", vit(size, 16, **beit), Preprocess(HALF, HALF, crop_pct=0.9), TIMM,
-                           timm_hub(name), verified="timm"))
+        register(ModelSpec(name, "BEiT", vit(size, 16, **beit), Preprocess(HALF, HALF, crop_pct=0.9),
+                           ("timm", "hf_beit"), timm_hub(name), verified="timm, transformers"))
 
     clip = dict(norm_pre=True, patch_bias=False, norm_eps=1e-5, mlp="quick_gelu")
     clip_pp = Preprocess(CLIP_MEAN, CLIP_STD, crop_pct=1.0)
-    clip_layouts = ("openai_clip", "timm_clip")
+    clip_layouts = ("openai_clip", "openai_clip_visual", "timm_clip")
     for size, patch, proj, file in (("base", 16, 512, "ViT-B-16"), ("base", 32, 512, "ViT-B-32"),
                                     ("large", 14, 768, "ViT-L-14")):
         name = f"vit_{size}_patch{patch}_clip_224.openai"
@@ -162,7 +166,8 @@ def _register_all() -> None:
                            clip_layouts, None, source, "open_clip"))
     name = "vit_base_patch16_clip_224.laion2b"
     cfg = vit("base", 16, proj_dim=512, **dict(clip, mlp="gelu"))
-    register(ModelSpec(name, "OpenCLIP", cfg, clip_pp, clip_layouts, timm_hub(name), verified="open_clip"))
+    source = f"open_clip's ViT-B-16 laion2b_s34b_b88k (laion/CLIP-ViT-B-16-laion2B-s34B-b88K) or timm/{name}"
+    register(ModelSpec(name, "OpenCLIP", cfg, clip_pp, clip_layouts, timm_hub(name), source, "open_clip"))
 
     dinov2 = dict(layer_scale=True)
     giant = dict(width=1536, depth=40, num_heads=24, mlp_dim=4096, mlp="swiglu")
@@ -172,20 +177,36 @@ def _register_all() -> None:
             return dataclasses.replace(base, **giant) if size == "giant" else base
         url = f"https://dl.fbaipublicfiles.com/dinov2/dinov2_vit{short}14/dinov2_vit{short}14"
         name = f"vit_{size}_patch14_dinov2.lvd142m"
-        register(ModelSpec(name, "DINOv2", cfg(), Preprocess(), TIMM, timm_hub(name), url + "_pretrain.pth", "timm"))
-        register(ModelSpec(f"dinov2_vit{short}14", "DINOv2", cfg(posemb_resample=DINO_RESAMPLE), Preprocess(), TIMM,
-                           None, url + "_pretrain.pth", "timm"))
+        register(ModelSpec(name, "DINOv2", cfg(), Preprocess(), TIMM_HF_DINOV2, timm_hub(name), url + "_pretrain.pth",
+                           "timm, transformers"))
+        register(ModelSpec(f"dinov2_vit{short}14", "DINOv2", cfg(posemb_resample=DINO_RESAMPLE), Preprocess(),
+                           TIMM_HF_DINOV2, None, url + "_pretrain.pth", "timm, transformers"))
         name = f"vit_{size}_patch14_reg4_dinov2.lvd142m"
         # timm folds pos_embed[:, 0] into cls_token for the register models (no_embed_class).
         register(ModelSpec(name, "DINOv2 + registers", cfg(num_registers=4, pos_embed_prefix=False), Preprocess(),
-                           TIMM, timm_hub(name), url + "_reg4_pretrain.pth", "timm"))
+                           TIMM_HF_DINOV2, timm_hub(name), url + "_reg4_pretrain.pth", "timm, transformers"))
         register(ModelSpec(f"dinov2_vit{short}14_reg", "DINOv2 + registers",
-                           cfg(num_registers=4, posemb_resample=DINOV2_REG_RESAMPLE), Preprocess(), TIMM, None,
-                           url + "_reg4_pretrain.pth", "timm"))
+                           cfg(num_registers=4, posemb_resample=DINOV2_REG_RESAMPLE), Preprocess(), TIMM_HF_DINOV2,
+                           None, url + "_reg4_pretrain.pth", "timm, transformers"))
 
     selfpatch = vit("small", 16, class_token=False, pool="avg", final_norm=False, posemb_resample=DINO_RESAMPLE)
     register(ModelSpec("selfpatch_vits16", "SelfPatch", selfpatch, Preprocess(), TIMM, None,
                        "the SelfPatch release (github.com/alinlab/SelfPatch)", "timm"))
+
+    # The convolutional comparator: ResNet-50 in the torchvision layout, verified against timm's.
+    resnet, tv_pp = ("torchvision_resnet",), Preprocess(interpolation="bilinear")
+    tv_url = "https://download.pytorch.org/models/resnet50-0676ba61.pth (torchvision IMAGENET1K_V1)"
+    register(ModelSpec("resnet50.a1_in1k", "ResNet-50", ResNetConfig(), Preprocess(crop_pct=0.95), resnet,
+                       timm_hub("resnet50.a1_in1k"), verified="timm"))
+    register(ModelSpec("resnet50.tv_in1k", "ResNet-50", ResNetConfig(), tv_pp, resnet, timm_hub("resnet50.tv_in1k"),
+                       tv_url, "timm"))
+    register(ModelSpec("torchvision_resnet50", "ResNet-50", ResNetConfig(), tv_pp, resnet, None, tv_url, "timm"))
+    # Headless backbones: DINO's file has no fc; MoCo v3's fc is its projection MLP, which is dropped.
+    register(ModelSpec("dino_resnet50", "DINO ResNet-50", ResNetConfig(num_classes=0), Preprocess(), resnet, None,
+                       "https://dl.fbaipublicfiles.com/dino/dino_resnet50_pretrain/dino_resnet50_pretrain.pth",
+                       "timm"))
+    register(ModelSpec("mocov3_resnet50", "MoCo v3 ResNet-50", ResNetConfig(num_classes=0), tv_pp, resnet, None,
+                       "https://dl.fbaipublicfiles.com/moco-v3/r-50-1000ep/r-50-1000ep.pth.tar", "timm"))
 
 
 _register_all()
