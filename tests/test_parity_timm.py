@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 
 import vitjax
-from parity import assert_close, images, jax_param_count, randomize, timm_taps, to_torch, torch, torch_param_count
+from parity import (assert_close, compare_outputs, images, jax_param_count, randomize, timm_taps, to_torch, torch,
+                    torch_param_count)
 
 timm = pytest.importorskip("timm")
 F = torch.nn.functional
@@ -36,19 +37,11 @@ def save(tmp_path, state: dict, name: str = "ckpt.pth") -> str:
     return path
 
 
-def check(model, params, reference, x: np.ndarray, with_logits: bool = True) -> None:
+def check(model, params, reference, x: np.ndarray) -> None:
     """Compares vitjax's captured forward with the timm model's hooked forward on the same images."""
     with jax.default_matmul_precision("highest"):
         out = model.apply({"params": params}, x, capture=("tokens", "attn"))
-    taps = timm_taps(reference, to_torch(x))
-    assert len(taps["tokens"]) == len(out.layers)
-    for i, layer in enumerate(out.layers):
-        assert_close(layer["tokens"], taps["tokens"][i], f"block {i} tokens")
-        assert_close(layer["attn"], taps["attn"][i], f"block {i} attention")
-    assert_close(out.tokens, taps["features"], "final tokens")
-    assert_close(out.pooled, taps["pooled"], "pooled feature")
-    if with_logits:
-        assert_close(out.logits, taps["logits"], "logits")
+    compare_outputs(out, timm_taps(reference, to_torch(x)))
 
 
 def reload_at(arch: str, state: dict, size: int, **kw):
@@ -179,7 +172,7 @@ def test_dino_official_training_checkpoint(tmp_path):
                            "args": argparse.Namespace(arch="vit_small")})
     for name in ("vit_small_patch16_224.dino", "dino_vits16"):
         model, params = vitjax.load(name, checkpoint=path, image_size=32, **TINY_VITJAX)
-        check(model, params, reference, images(2, 32), with_logits=False)
+        check(model, params, reference, images(2, 32))
 
 
 def test_dino_alias_resamples_like_the_dino_repo(tmp_path):
@@ -189,7 +182,7 @@ def test_dino_alias_resamples_like_the_dino_repo(tmp_path):
     posemb = official_interpolate(state["pos_embed"], 1, 6, offset=0.1, antialias=False)
     model, params = vitjax.load("dino_vits16", checkpoint=path, image_size=48, **TINY_VITJAX)
     oracle = reload_with_posemb("vit_small_patch16_224", state, 48, posemb, num_classes=0)
-    check(model, params, oracle, images(2, 48), with_logits=False)
+    check(model, params, oracle, images(2, 48))
     # The timm name of the same checkpoint resamples the timm way, which is measurably different.
     model_timm, params_timm = vitjax.load("vit_small_patch16_224.dino", checkpoint=path, image_size=48, **TINY_VITJAX)
     assert np.abs(np.asarray(params_timm["pos_embed"]) - posemb.numpy()).max() > 1e-4
@@ -207,7 +200,7 @@ def test_mocov3_official_checkpoint(tmp_path):
     state["module.predictor.0.weight"] = torch.zeros(4, 4)
     path = save(tmp_path, {"epoch": 300, "arch": "vit_small", "state_dict": state}, "vit-s-300ep.pth.tar")
     model, params = vitjax.load("mocov3_vit_small", checkpoint=path, image_size=32, **{**TINY_VITJAX, "num_heads": 4})
-    check(model, params, reference, images(2, 32), with_logits=False)
+    check(model, params, reference, images(2, 32))
 
 
 # --- MAE -----------------------------------------------------------------------------------------
@@ -220,7 +213,7 @@ def test_mae_pretrained_checkpoint_ignores_the_decoder(tmp_path):
     path = save(tmp_path, {"model": {**reference.state_dict(), **extras}})
     for name in ("vit_base_patch16_224.mae", "mae_vit_base_patch16"):
         model, params = vitjax.load(name, checkpoint=path, image_size=32, **TINY_VITJAX)
-        check(model, params, reference, images(2, 32), with_logits=False)
+        check(model, params, reference, images(2, 32))
 
 
 def test_mae_finetuned_global_pool(tmp_path):
@@ -255,15 +248,15 @@ def test_dinov2_timm_and_official(tmp_path):
     for name in ("vit_small_patch14_dinov2.lvd142m", "dinov2_vits14"):
         model, params = vitjax.load(name, checkpoint=path, image_size=28, **DINOV2_VITJAX)
         assert jax_param_count(params) == torch_param_count(reference)
-        check(model, params, reference, images(2, 28), with_logits=False)
+        check(model, params, reference, images(2, 28))
 
     model, params = vitjax.load("vit_small_patch14_dinov2.lvd142m", checkpoint=path, image_size=42, **DINOV2_VITJAX)
     check(model, params, reload_at("vit_small_patch14_dinov2", state, 42, num_classes=0, patch_size=7),
-          images(2, 42, seed=2), with_logits=False)
+          images(2, 42, seed=2))
     posemb = official_interpolate(state["pos_embed"], 1, 6, offset=0.1, antialias=False)
     model, params = vitjax.load("dinov2_vits14", checkpoint=path, image_size=42, **DINOV2_VITJAX)
     oracle = reload_with_posemb("vit_small_patch14_dinov2", state, 42, posemb, num_classes=0, patch_size=7)
-    check(model, params, oracle, images(2, 42, seed=2), with_logits=False)
+    check(model, params, oracle, images(2, 42, seed=2))
 
 
 def test_dinov2_registers_timm_and_official_layouts(tmp_path):
@@ -281,11 +274,11 @@ def test_dinov2_registers_timm_and_official_layouts(tmp_path):
         for name in ("vit_small_patch14_reg4_dinov2.lvd142m", "dinov2_vits14_reg"):
             model, params = vitjax.load(name, checkpoint=path, image_size=28, **DINOV2_VITJAX)
             assert model.config.num_registers == 4
-            check(model, params, reference, images(2, 28), with_logits=False)
+            check(model, params, reference, images(2, 28))
     model, params = vitjax.load("vit_small_patch14_reg4_dinov2.lvd142m", checkpoint=save(tmp_path, timm_state),
                                 image_size=42, **DINOV2_VITJAX)
     oracle = reload_at("vit_small_patch14_reg4_dinov2", timm_state, 42, num_classes=0, patch_size=7)
-    check(model, params, oracle, images(2, 42), with_logits=False)
+    check(model, params, oracle, images(2, 42))
 
 
 def test_dinov2_giant_swiglu(tmp_path):
@@ -297,7 +290,7 @@ def test_dinov2_giant_swiglu(tmp_path):
     model, params = vitjax.load("dinov2_vitg14", checkpoint=path, image_size=28,
                                 **dict(DINOV2_VITJAX, width=48, mlp_dim=128))
     assert jax_param_count(params) == torch_param_count(reference)
-    check(model, params, reference, images(2, 28), with_logits=False)
+    check(model, params, reference, images(2, 28))
 
 
 # --- SelfPatch -----------------------------------------------------------------------------------
@@ -312,4 +305,4 @@ def test_selfpatch_backbone_without_class_token(tmp_path):
     path = save(tmp_path, {"teacher": teacher, "student": teacher})
     model, params = vitjax.load("selfpatch_vits16", checkpoint=path, image_size=32, **TINY_VITJAX)
     assert model.config.layout().num_prefix == 0
-    check(model, params, reference, images(2, 32), with_logits=False)
+    check(model, params, reference, images(2, 32))

@@ -17,10 +17,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from vitjax.convert import layouts
+from vitjax.convert import hf_vit, layouts, orbax_io
 from vitjax.convert.positions import fit_pos_embed, fit_rel_pos_bias
-from vitjax.convert import orbax_io
-from vitjax.convert.read import StateDict, find_in_hf_cache, read_state_dict
+from vitjax.convert.read import StateDict, find_in_hf_cache, read_hf_config, read_state_dict
 from vitjax.convert.table import apply_table, check_fit
 from vitjax.models.registry import ModelSpec, lookup
 from vitjax.models.vit import ViT, ViTConfig
@@ -117,6 +116,9 @@ def load(name: str, checkpoint: str | os.PathLike | None = None, image_size=None
     if image_size is not None:
         overrides["image_size"] = image_size
     model = build(model_config(name, **overrides))
+    hf_config = read_hf_config(path) if os.path.isdir(path) else None
+    if hf_config is not None and isinstance(model.config, ViTConfig):
+        hf_vit.check_config(hf_config, model.config)  # heads and activation: what shapes cannot show
     return model, convert_state(state, spec, model)
 
 
