@@ -20,6 +20,7 @@ from flax import linen as nn
 from flax import traverse_util
 
 from vitjax.capture import Capture, CaptureLike, Output, TokenLayout, as_capture
+from vitjax.models.inputs import check_nhwc
 
 STATISTICS = ("mean", "var")  # BatchNorm param names that are running statistics, not weights
 STAGE_TAPS = frozenset({"tokens"})  # a stage has no attention; the other taps are ViT-only
@@ -111,11 +112,7 @@ class Stage(nn.Module):
 
 
 def _check(images: jax.Array, cfg: ResNetConfig, spec: Capture) -> None:
-    if images.ndim != 4:
-        raise ValueError(f"images must be NHWC (batch, height, width, channels); got shape {images.shape}")
-    if images.shape[-1] != cfg.in_chans:
-        hint = " (NCHW input? vitjax takes NHWC)" if images.shape[1] == cfg.in_chans else ""
-        raise ValueError(f"images have {images.shape[-1]} channels, the model expects {cfg.in_chans}{hint}")
+    check_nhwc(images, cfg.in_chans)
     if other := sorted(spec.taps - STAGE_TAPS):
         raise ValueError(f"a ResNet records only {sorted(STAGE_TAPS)} per stage; {other} exist only in ViTs")
 

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import linen as nn
 
 from vitjax.capture import Capture, CaptureLike, Output, TokenLayout, as_capture
+from vitjax.models.inputs import check_nhwc
 from vitjax.models.layers import Attention, Mlp, dense_init, layer_norm
 from vitjax.models.posemb import Resample, resample_grid
 
@@ -115,12 +116,8 @@ class Block(nn.Module):
 
 
 def _check_images(images: jax.Array, cfg: ViTConfig) -> tuple[int, int]:
-    if images.ndim != 4:
-        raise ValueError(f"images must be NHWC (batch, height, width, channels); got shape {images.shape}")
-    _, height, width, channels = images.shape
-    if channels != cfg.in_chans:
-        hint = " (NCHW input? vitjax takes NHWC)" if height == cfg.in_chans else ""
-        raise ValueError(f"images have {channels} channels, the model expects {cfg.in_chans}{hint}")
+    check_nhwc(images, cfg.in_chans)
+    _, height, width, _ = images.shape
     if height % cfg.patch_size or width % cfg.patch_size:
         raise ValueError(
             f"image size {height}x{width} cannot be tiled by {cfg.patch_size}-pixel patches; "
