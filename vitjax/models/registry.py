@@ -164,6 +164,10 @@ def _register_all() -> None:
         register(ModelSpec(name, "OpenAI CLIP", cfg, clip_pp, clip_layouts, timm_hub(name), source, "open_clip"))
         register(ModelSpec(f"openai_clip_{file.lower().replace('-', '_')}", "OpenAI CLIP", cfg, clip_pp,
                            clip_layouts, None, source, "open_clip"))
+        # timm's own name for these weights with their native QuickGELU (its `.openai` name runs
+        # them with exact GELU; vitjax's `.openai` follows OpenAI, as both names here do).
+        quick = f"vit_{size}_patch{patch}_clip_quickgelu_224.openai"
+        register(ModelSpec(quick, "OpenAI CLIP", cfg, clip_pp, clip_layouts, timm_hub(quick), source, "open_clip"))
     name = "vit_base_patch16_clip_224.laion2b"
     cfg = vit("base", 16, proj_dim=512, **dict(clip, mlp="gelu"))
     source = f"open_clip's ViT-B-16 laion2b_s34b_b88k (laion/CLIP-ViT-B-16-laion2B-s34B-b88K) or timm/{name}"
