@@ -200,7 +200,11 @@ def test_mocov3_official_checkpoint(tmp_path):
     state["module.predictor.0.weight"] = torch.zeros(4, 4)
     path = save(tmp_path, {"epoch": 300, "arch": "vit_small", "state_dict": state}, "vit-s-300ep.pth.tar")
     model, params = vitjax.load("mocov3_vit_small", checkpoint=path, image_size=32, **{**TINY_VITJAX, "num_heads": 4})
+    assert jax_param_count(params) == torch_param_count(reference)
     check(model, params, reference, images(2, 32))
+    # MoCo v3's fixed sin-cos table is read from the file and resampled like any timm checkpoint.
+    model, params = vitjax.load("mocov3_vit_small", checkpoint=path, image_size=48, **{**TINY_VITJAX, "num_heads": 4})
+    check(model, params, reload_at("vit_small_patch16_224", encoder, 48, num_classes=0, num_heads=4), images(2, 48))
 
 
 # --- MAE -----------------------------------------------------------------------------------------
@@ -305,4 +309,10 @@ def test_selfpatch_backbone_without_class_token(tmp_path):
     path = save(tmp_path, {"teacher": teacher, "student": teacher})
     model, params = vitjax.load("selfpatch_vits16", checkpoint=path, image_size=32, **TINY_VITJAX)
     assert model.config.layout().num_prefix == 0
+    assert jax_param_count(params) == torch_param_count(reference)
     check(model, params, reference, images(2, 32))
+    # SelfPatch builds on DINO's code, so it resamples with DINO's +0.1 offset (no prefix entries).
+    kw = dict(num_classes=0, class_token=False, global_pool="avg", fc_norm=False, final_norm=False)
+    posemb = official_interpolate(state["pos_embed"], 0, 6, offset=0.1, antialias=False)
+    model, params = vitjax.load("selfpatch_vits16", checkpoint=path, image_size=48, **TINY_VITJAX)
+    check(model, params, reload_with_posemb("vit_small_patch16_224", state, 48, posemb, **kw), images(2, 48))
