@@ -133,3 +133,14 @@ def test_param_count_matches_the_traced_model():
                  "vit_small_patch14_reg4_dinov2.lvd142m"):
         config = vitjax.model_config(name)
         assert param_count(config) == sum(int(np.prod(s)) for s in param_shapes(build(config)).values())
+
+
+def test_bfloat16_compute_keeps_float32_params_and_probabilities(tiny):
+    model, params, x = tiny
+    model16 = vitjax.ViT(vitjax.ViTConfig(**{**vars(model.config), "dtype": "bfloat16"}))
+    out16 = model16.apply({"params": params}, x, capture="attn")
+    out32 = model.apply({"params": params}, x, capture="attn")
+    assert out16.tokens.dtype == jnp.bfloat16 and out16.layers[0]["attn"].dtype == jnp.float32
+    np.testing.assert_allclose(out16.layers[0]["attn"].sum(-1), 1.0, rtol=1e-6)
+    scale = np.abs(out32.pooled).max()
+    assert np.abs(out16.pooled.astype(np.float32) - out32.pooled).max() < 0.05 * scale
