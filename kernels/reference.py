@@ -18,6 +18,10 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None =
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     if bias is not None:
         logits = logits + bias
-    probs = jax.nn.softmax(logits, axis=-1)
-    out = jnp.einsum("bhqk,bkhd->bqhd", probs.astype(v.dtype), v)
-    return out, probs, logits
+    # Softmax with the normalisation deferred past the P@V product: out = (e @ v) / sum(e). Same
+    # maths, but the N x N tensor is not rescaled before the matmul, which lets XLA:CPU hand the
+    # matmul to oneDNN; the probabilities cost one multiply, and only when a caller uses them.
+    e = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
+    inverse_sum = 1.0 / e.sum(axis=-1, keepdims=True)  # (B, H, N, 1)
+    out = jnp.einsum("bhqk,bkhd->bqhd", e.astype(v.dtype), v) * jnp.swapaxes(inverse_sum, 1, 2).astype(v.dtype)
+    return out, e * inverse_sum, logits

@@ -19,7 +19,9 @@ def quick_gelu(x):
 
 
 ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # torch.nn.GELU (erf), not Flax's tanh default
+    # torch.nn.GELU (erf), not Flax's tanh default, written as torch computes it: jax.nn.gelu's exact
+    # form goes through erfc and costs about 5% of a ViT-S forward on CPU.
+    "gelu": lambda x: 0.5 * x * (1.0 + jax.lax.erf(x * np.asarray(2**-0.5, x.dtype))),
     "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True),
     "quick_gelu": quick_gelu,
 }
