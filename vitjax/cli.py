@@ -63,6 +63,7 @@ def cmd_inspect(args) -> None:
     spec = vitjax.lookup(args.name)
     print(f"{spec.name}  ({spec.family})")
     print(f"preprocessing: {spec.preprocess}")
+    print(f"checkpoint layouts: {', '.join(spec.layouts)}; verified against: {spec.verified or '-'}")
     print(f"config: {model.config}")
     print(f"parameters: {sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(shapes)):,}")
     default_taps = ("tokens", "attn") if isinstance(model.config, vitjax.ViTConfig) else ("tokens",)
