@@ -131,22 +131,15 @@ def tiny_model():
     return vitjax.create_model("dino_vits16", key=jax.random.key(0), **TINY_VITJAX)
 
 
-def test_wrong_channel_count(tiny_model):
+@pytest.mark.parametrize("shape, message", [
+    ((1, 32, 32, 1), "1 channels, the model expects 3"),
+    ((1, 3, 32, 32), "NCHW"),  # channels-first images get a hint
+    ((1, 30, 32, 3), "30x32 cannot be tiled by 8-pixel patches"),
+])
+def test_images_the_model_cannot_take(tiny_model, shape, message):
     model, params = tiny_model
-    with pytest.raises(ValueError, match="1 channels, the model expects 3"):
-        model.apply({"params": params}, np.zeros((1, 32, 32, 1), np.float32))
-
-
-def test_channels_first_images_get_a_hint(tiny_model):
-    model, params = tiny_model
-    with pytest.raises(ValueError, match="NCHW"):
-        model.apply({"params": params}, np.zeros((1, 3, 32, 32), np.float32))
-
-
-def test_size_the_patch_grid_cannot_tile(tiny_model):
-    model, params = tiny_model
-    with pytest.raises(ValueError, match="30x32 cannot be tiled by 8-pixel patches"):
-        model.apply({"params": params}, np.zeros((1, 30, 32, 3), np.float32))
+    with pytest.raises(ValueError, match=message):
+        model.apply({"params": params}, np.zeros(shape, np.float32))
 
 
 def test_unknown_capture_tap_lists_the_known_ones(tiny_model):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import ast
-import dataclasses
 import math
 import sys
 
@@ -95,15 +94,10 @@ def cmd_convert(args) -> None:
         overrides["image_size"] = args.image_size
     model, params = vitjax.load(args.model, args.file, **overrides)
     spec = vitjax.lookup(args.model)
-    orbax_io.save(args.out, params, {"name": spec.name, "overrides": _jsonable(overrides), "source": args.file})
+    orbax_io.save(args.out, params, {"name": spec.name, "overrides": overrides, "source": args.file})
     count = sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
     print(f"wrote {args.out}: {spec.name}, {count:,} parameters; load it with "
           f"vitjax.load({spec.name!r}, checkpoint={args.out!r})")
-
-
-def _jsonable(overrides: dict) -> dict:
-    return {k: (list(v) if isinstance(v, tuple) else dataclasses.asdict(v) if dataclasses.is_dataclass(v) else v)
-            for k, v in overrides.items()}
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
