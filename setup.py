@@ -28,6 +28,11 @@ setup(
         "huggingface_hub>=1.0",
         "ml_collections>=1.1",
         "tqdm>=4.66",
+        "matplotlib>=3.8",
+        # Datasets: tensorflow-datasets reads and builds them, TensorFlow decodes and resizes images
+        # (tf.data is the input pipeline; the CPU build is the one to use beside JAX, on TPU too).
+        "tensorflow-cpu>=2.21,<2.22",
+        "tensorflow-datasets>=4.9.10,<4.10",
     ],
     extras_require={
         # Reading .pth/.bin pickles and OpenAI CLIP's TorchScript archives needs torch itself.
