@@ -33,6 +33,7 @@ setup(
         # (tf.data is the input pipeline; the CPU build is the one to use beside JAX, on TPU too).
         "tensorflow-cpu>=2.21,<2.22",
         "tensorflow-datasets>=4.9.10,<4.10",
+        "importlib_resources>=6",  # TFDS's etils.epath needs it but does not declare it
     ],
     extras_require={
         # Reading .pth/.bin pickles and OpenAI CLIP's TorchScript archives needs torch itself.
