@@ -25,6 +25,12 @@ TAPS = {
     "v": "values per head (B, H, N, Dh)",
     "attn_branch": "attention branch output added to the residual, after layer scale (B, N, D)",
     "mlp_branch": "MLP branch output added to the residual, after layer scale (B, N, D)",
+    # Streamed without an N x N array (vitjax.kernels); definitions in kernels/stats.py.
+    "attn_stats": "per-query attention statistics per head, a dict of float32 (B, H, N): lse, entropy, "
+    "max_prob, prefix_mass, patch_mass, distance (pixels, patch keys, not renormalised), distance_patches "
+    "and entropy_patches (rows renormalised over patch keys), patch_entropy",
+    "attn_received": "attention each key receives, summed over all queries, per head (B, H, N)",
+    "attn_rows": "full attention rows of the prefix tokens (class, distillation, registers) per head (B, H, P, N)",
 }
 
 
@@ -139,11 +145,11 @@ class Output:
     layout: TokenLayout = struct.field(pytree_node=False)
 
     def stack(self, tap: str) -> jax.Array:
-        """One tap stacked over the blocks that recorded it: (L, ...)."""
+        """One tap stacked over the blocks that recorded it: (L, ...) (a dict of them for attn_stats)."""
         found = [layer[tap] for layer in self.layers if tap in layer]
         if not found:
             raise KeyError(f"no block recorded {tap!r}; pass capture={tap!r} to apply()")
-        return jnp.stack(found)
+        return jax.tree_util.tree_map(lambda *blocks: jnp.stack(blocks), *found)
 
     def blocks_with(self, tap: str) -> tuple[int, ...]:
         """Indices of the blocks that recorded `tap`, in the order `stack` uses."""

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from vitjax.kernels import reference
+from vitjax.capture import TokenLayout
+from vitjax.models.attention_taps import attend
 
 # Weight init for randomly created models (create_model); converted checkpoints overwrite it all.
 dense_init = nn.initializers.truncated_normal(0.02)
@@ -62,6 +63,7 @@ class Attention(nn.Module):
 
     qkv_bias: 'qkv' (one fused bias), 'qv' (BEiT: q and v biases, k has none) or 'none'.
     rel_pos_grid: the patch grid of a BEiT relative position bias table, or None.
+    layout: the token layout, which the attention-statistics taps need (distances, prefix mass).
     """
 
     num_heads: int
@@ -69,6 +71,7 @@ class Attention(nn.Module):
     rel_pos_grid: tuple[int, int] | None = None
     taps: frozenset[str] = frozenset()
     dtype: jnp.dtype = jnp.float32
+    layout: TokenLayout | None = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -97,12 +100,12 @@ class Attention(nn.Module):
                     f"(grid {self.rel_pos_grid}), got {num_tokens}; load the model with image_size set"
                 )
             bias = jnp.transpose(table[index], (2, 0, 1))
-        out, probs, logits = reference.attention(q, k, v, bias)
+        out, record = attend(q, k, v, bias, self.taps, self.layout)
         out = out.reshape(batch, num_tokens, width)
         out = nn.Dense(width, dtype=self.dtype, kernel_init=dense_init, name="proj")(out)
 
         heads_first = lambda t: jnp.transpose(t, (0, 2, 1, 3))  # (B, N, H, Dh) -> (B, H, N, Dh)
-        record = {"attn": probs, "attn_logits": logits, "q": heads_first(q), "k": heads_first(k), "v": heads_first(v)}
+        record.update({"q": heads_first(q), "k": heads_first(k), "v": heads_first(v)})
         return out, {name: value for name, value in record.items() if name in self.taps}
 
 

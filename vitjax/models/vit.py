@@ -89,6 +89,7 @@ class Block(nn.Module):
     config: ViTConfig
     rel_pos_grid: tuple[int, int] | None = None
     taps: frozenset[str] = frozenset()
+    layout: TokenLayout | None = None  # the attention-statistics taps need it
 
     @nn.compact
     def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
@@ -97,7 +98,7 @@ class Block(nn.Module):
         h = layer_norm(cfg.norm_eps, cfg.dtype, "norm1")(x)
         record["norm1"] = h
         attn, attn_record = Attention(
-            cfg.num_heads, cfg.qkv_bias, self.rel_pos_grid, self.taps, cfg.dtype, name="attn"
+            cfg.num_heads, cfg.qkv_bias, self.rel_pos_grid, self.taps, cfg.dtype, self.layout, name="attn"
         )(h)
         record.update(attn_record)
         if cfg.layer_scale:
@@ -178,12 +179,12 @@ class ViT(nn.Module):
                 f"give {grid}; load it with image_size={tuple(s * p for s in grid)}"
             )
         rel_pos_grid = cfg.grid if cfg.rel_pos_bias else None
+        layout = cfg.layout(grid)
         layers = []
         for i in range(cfg.depth):
-            x, record = Block(cfg, rel_pos_grid, spec.for_block(i, cfg.depth), name=f"blocks_{i}")(x)
+            x, record = Block(cfg, rel_pos_grid, spec.for_block(i, cfg.depth), layout, name=f"blocks_{i}")(x)
             layers.append(record)
 
-        layout = cfg.layout(grid)
         tokens = layer_norm(cfg.norm_eps, cfg.dtype, "norm")(x) if cfg.final_norm else x
         if cfg.pool == "token" and cfg.dist_token:
             pooled = (tokens[:, 0] + tokens[:, 1]) / 2  # timm's pre-logits feature of distilled DeiT
