@@ -18,6 +18,8 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["vitjax", "vitjax.*"]) + ["vitjax.kernels"],
     package_dir={"vitjax.kernels": "kernels"},
+    # The embedded default models (weights, run config, training log), a few MB each.
+    package_data={"vitjax": ["pretrained/*/*"]},
     install_requires=[
         "jax>=0.10.2,<0.11",
         "flax>=0.12.8,<0.13",
@@ -38,11 +40,19 @@ setup(
     extras_require={
         # Reading .pth/.bin pickles and OpenAI CLIP's TorchScript archives needs torch itself.
         "torch": [TORCH],
+        # NVIDIA GPUs (Linux x86_64): CUDA jaxlib and the Triton kernels (kernels/triton_*.py).
+        # jax-triton 0.3.1 is the last release for jax 0.10 (0.4 needs jax >= 0.11); it wants
+        # triton >= 3.6, and 3.6.0 and 3.7.1 (torch 2.13's pin) both compile these kernels. Triton
+        # emits PTX ISA 8.7, which jaxlib assembles with nvidia-cuda-nvcc's ptxas: >= 12.8 (jax
+        # alone accepts 12.6, whose ptxas would hand the PTX to the driver instead).
+        "gpu": ["jax[cuda12]>=0.10.2,<0.11", "triton>=3.6,<3.8", "jax-triton==0.3.1", "nvidia-cuda-nvcc-cu12>=12.8"],
         # The PyTorch originals used as oracles. timm and open_clip_torch are installed separately
         # with --no-deps (see README): their torchvision requirement has no CPU build here.
         "test": [
             TORCH,
             "transformers==5.23.0",
+            "triton==3.6.0",  # the Triton kernels run under TRITON_INTERPRET=1 on the CPU
+            "jax-triton==0.3.1",
             "pytest>=8",
             "pytest-xdist>=3.6",
             "pyyaml",

@@ -9,8 +9,8 @@ FlashAttention-3 measurements). Rows:
   plain / cudnn      vitjax.kernels.dispatch.attention against jax.nn.dot_product_attention(
                      implementation='cudnn') called directly: throughput ratio (goal >= 0.9)
   stats / plain      dispatch.attention_with_stats (every statistic) against dispatch.attention:
-                     time ratio (goal <= 1.3); the implementation it used is printed (the chunked
-                     jnp reference until the Triton kernels exist)
+                     time ratio (goal <= 1.3); the implementation it used is printed ('triton':
+                     kernels/triton_attention.py, with the gpu extra installed; else 'chunked')
   stats / materialise  compiled peak memory of the statistics path against reference.attention plus
                      the statistics from its N x N logits (goal <= 0.1 at N = 4097)
 Times are medians of --repeats calls after a warm-up; memory is compiled.memory_analysis().

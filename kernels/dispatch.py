@@ -8,8 +8,8 @@ No statistics (the plain forward):
 Statistics (attention_with_stats, attention_received):
     cpu   the chunked jnp reference (kernels/chunked.py)
     tpu   the Pallas Mosaic kernels (kernels/pallas_tpu.py) without bias; else chunked
-    gpu   the Triton kernels once `vitjax.kernels.triton_attention` exists (see GPU_MODULE below);
-          until then, and with a bias, the chunked reference (correct, O(N block) memory, not fused)
+    gpu   the Triton kernels (kernels/triton_attention.py) when the gpu extra is installed and there
+          is no bias; otherwise the chunked reference (correct, O(N block) memory, not fused)
 
 On TPUs the Pallas kernels run on one device, or on several under shard_map over the batch when a
 mesh is set with `jax.set_mesh(mesh)` (every mesh axis splits the batch, as
