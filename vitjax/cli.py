@@ -1,4 +1,4 @@
-"""The `vitjax` command: list, inspect and convert models (analyses and training come later)."""
+"""The `vitjax` command: list, inspect, convert, train and evaluate models (analyses come later)."""
 
 from __future__ import annotations
 
@@ -14,6 +14,10 @@ vitjax: Vision Transformers as pure JAX functions, and the analyses of how they 
   vitjax inspect NAME                config, parameter count, token layout, per-block shapes
   vitjax convert FILE --model NAME --out DIR
                                      read a public checkpoint once, save it as vitjax params (orbax)
+  vitjax evaluate NAME [--data DATASET:SPLIT]
+                                     accuracy, and shape bias on a cue-conflict split
+  vitjax train CONFIG [--workdir DIR] [--set key=value ...]
+                                     train as a config file (experiments/*.py) says; resumes by itself
 
 Run `vitjax COMMAND --help` for the options of each command.
 """
@@ -79,7 +83,8 @@ def cmd_inspect(args) -> None:
     for i, layer in enumerate(out.layers):
         block_params = shapes.get(f"blocks_{i}", shapes.get(f"layer{i + 1}", {}))  # ViT block or ResNet stage
         count = sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(block_params))
-        rows.append((str(i), f"{count:,}", *(str(tuple(layer[t].shape)) if t in layer else "" for t in taps)))
+        shape = lambda tap: str(tuple(jax.tree_util.tree_leaves(layer[tap])[0].shape))  # attn_stats: a dict
+        rows.append((str(i), f"{count:,}", *(shape(t) if t in layer else "" for t in taps)))
     _table(("block", "params", *taps), rows)
 
 
@@ -98,6 +103,27 @@ def cmd_convert(args) -> None:
     count = sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params))
     print(f"wrote {args.out}: {spec.name}, {count:,} parameters; load it with "
           f"vitjax.load({spec.name!r}, checkpoint={args.out!r})")
+
+
+def cmd_train(args) -> None:
+    from vitjax import parallel
+
+    # Joining a multi-process run must come before anything else touches JAX.
+    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+    from vitjax.train import config, train
+
+    run_config = config.load(args.config, parse_overrides(args.set))
+    train(run_config, args.workdir, resume=args.resume)
+
+
+def cmd_evaluate(args) -> None:
+    from vitjax.evaluate import evaluate
+
+    data, _, split = args.data.partition(":")
+    metrics = evaluate(args.name, data, split or "test", checkpoint=args.checkpoint, batch_size=args.batch_size,
+                       data_dir=args.data_dir)
+    for key, value in metrics.items():
+        print(f"{key:>10}: {value:.4f}" if isinstance(value, float) else f"{key:>10}: {value}")
 
 
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
@@ -142,6 +168,38 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--image-size", type=int, help=size_help)
     convert.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help=set_help)
     convert.set_defaults(func=cmd_convert)
+
+    train = sub.add_parser("train", help="train a model from a config file (experiments/*.py)",
+                           description="Train as a config file says (a Python file with get_config(); its "
+                           "docstring has the command that runs it). Checkpoints, metrics.jsonl and TensorBoard "
+                           "summaries go to the work directory; a run that stopped resumes from its latest "
+                           "checkpoint when started again with the same command.")
+    train.add_argument("config", help="the config file, e.g. experiments/scenes_vit.py")
+    train.add_argument("--workdir", default="runs/default", help="where checkpoints and logs go (default %(default)s)")
+    train.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set total_steps=100 --set model.depth=2; an unknown key fails")
+    train.add_argument("--resume", choices=("auto", "require", "never"), default="auto",
+                       help="auto: continue from the latest checkpoint if there is one (a checkpoint directory "
+                       "without a complete checkpoint is an error); require: fail if there is none; never: fail "
+                       "if there is one (default %(default)s)")
+    train.add_argument("--coordinator", help="multi-process run: HOST:PORT of process 0")
+    train.add_argument("--num-processes", type=int, help="multi-process run: how many processes")
+    train.add_argument("--process-id", type=int, help="multi-process run: this process's index")
+    train.add_argument("--distributed", action="store_true",
+                       help="multi-process run on a cluster JAX detects by itself (Cloud TPU, Slurm, Open MPI)")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="accuracy (and shape bias on a cue-conflict split) of a classifier",
+                              description="Run a model's own eval transform over a dataset split and report top-1 and "
+                              "top-5 accuracy; on vitjax_scenes' cue_conflict split also the shape bias (of the "
+                              "answers naming either cue, the fraction naming the shape).")
+    evaluate.add_argument("name", help="model name (see `vitjax models`), e.g. vit_scenes_patch8_64")
+    evaluate.add_argument("--data", default="vitjax_scenes/size64:test",
+                          help="DATASET[:SPLIT], a TFDS name or folder:/path (default %(default)s)")
+    evaluate.add_argument("--checkpoint", help="weights to evaluate (default: bundled or Hugging Face cache)")
+    evaluate.add_argument("--batch-size", type=int, default=256, help="global batch (default %(default)s)")
+    evaluate.add_argument("--data-dir", help="TFDS data directory (default: TFDS's own)")
+    evaluate.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -32,6 +32,8 @@ import dataclasses
 import difflib
 import os
 
+import numpy as np
+
 from vitjax.data import scenes
 from vitjax.data.sources import DataError, Source
 from vitjax.data.tf_env import import_tf
@@ -87,7 +89,7 @@ def _layout(features: _F.FeaturesDict, name: str) -> _Layout:
     has_boxes = (isinstance(boxes, _F.Sequence) and isinstance(boxes.feature, _F.BBoxFeature)
                  and is_class_sequence(top.get("box_labels")))
     index = top.get("index")
-    has_index = isinstance(index, _F.Tensor) and index.shape == () and index.np_dtype.kind in "iu"
+    has_index = isinstance(index, _F.Tensor) and index.shape == () and np.dtype(index.np_dtype).kind in "iu"
     return _Layout(image=image, video=video, mask=mask,
                    label="label" if isinstance(top.get("label"), _F.ClassLabel) else None,
                    objects="objects" if has_objects else None,
@@ -222,6 +224,8 @@ def open_tfds(spec: str, split: str | None, *, data_dir: str | None, manual_dir:
             record.update(boxes=example[layout.boxes], box_labels=example[layout.box_labels])
         if layout.index:
             record["index"] = tf.cast(example[layout.index], tf.int64)
+        if "texture_label" in example:  # vitjax_scenes: the texture's class (differs in cue_conflict)
+            record["texture_label"] = tf.cast(example["texture_label"], tf.int64)
         return record
 
     def with_position(position, record):

@@ -1,4 +1,4 @@
-"""ResNet-50, the convolutional comparator: torchvision's (and timm's) architecture, inference only.
+"""ResNet-50, the convolutional comparator: torchvision's (and timm's) architecture.
 
 `ResNet(config).apply({'params': p}, images_nhwc, capture='tokens')` returns the same `Output` as
 the ViT: `pooled` is the globally averaged final feature map, `tokens` that map flattened to
@@ -9,6 +9,11 @@ BatchNorm runs in inference mode with its running statistics. They are stored as
 `layer2/0/bn1/var` for `layer2.0.bn1.running_var`) rather than in a separate `batch_stats`
 collection, so a loaded model is one plain nested dict like every ViT, and derivative code
 (gradients, Hessians) treats them as constants by masking them out with `statistics_mask`.
+
+Training: `apply({'params': p}, images, train=True, mutable='statistics')` normalises with the
+batch's statistics (over the global batch, however it is sharded) and returns, in the
+'statistics' collection under the same paths as the params, the updated running averages as
+PyTorch computes them (momentum 0.1, unbiased variance). The trainer writes them back into params.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 
 import jax
+import jax.numpy as jnp
 from flax import linen as nn
 from flax import traverse_util
 
@@ -49,21 +55,40 @@ class ResNetConfig:
         return 4 * 2 ** (len(self.layers) - 1)
 
 
-class FrozenBatchNorm(nn.Module):
-    """Inference-mode BatchNorm with its running statistics held as params."""
+class BatchNorm(nn.Module):
+    """BatchNorm with its running statistics held as params: they normalise at inference; in
+    training the batch's own statistics do, and the updated running averages are sown."""
 
     eps: float
     dtype: str
+    momentum: float = 0.1  # PyTorch's convention: new = (1 - momentum) * old + momentum * batch
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         channels = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (channels,))
         bias = self.param("bias", nn.initializers.zeros, (channels,))
         mean = self.param("mean", nn.initializers.zeros, (channels,))
         var = self.param("var", nn.initializers.ones, (channels,))
+        if train:
+            mean, var = self._batch_statistics(x, mean, var)
         gain = scale * jax.lax.rsqrt(var + self.eps)
         return x * gain.astype(self.dtype) + (bias - mean * gain).astype(self.dtype)
+
+    def _batch_statistics(self, x, running_mean, running_var):
+        """The batch's mean and biased variance (float32), after sowing the running averages,
+        which PyTorch updates with the unbiased variance."""
+        x = x.astype(jnp.float32)
+        axes = tuple(range(x.ndim - 1))
+        mean = x.mean(axes)
+        var = jnp.square(x - mean).mean(axes)  # two-pass: exact where E[x^2] - E[x]^2 cancels
+        count = x.size // x.shape[-1]
+        m = self.momentum
+        keep = lambda name, value: self.sow("statistics", name, jax.lax.stop_gradient(value),
+                                            init_fn=lambda: None, reduce_fn=lambda _, new: new)
+        keep("mean", (1 - m) * running_mean + m * mean)
+        keep("var", (1 - m) * running_var + m * var * count / max(count - 1, 1))
+        return mean, var
 
 
 def conv(features: int, size: int, stride: int, dtype: str, name: str) -> nn.Conv:
@@ -84,15 +109,15 @@ class Bottleneck(nn.Module):
     config: ResNetConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         cfg = self.config
-        bn = lambda name: FrozenBatchNorm(cfg.bn_eps, cfg.dtype, name=name)
-        out = nn.relu(bn("bn1")(conv(self.planes, 1, 1, cfg.dtype, "conv1")(x)))
-        out = nn.relu(bn("bn2")(conv(self.planes, 3, self.stride, cfg.dtype, "conv2")(out)))
-        out = bn("bn3")(conv(self.planes * 4, 1, 1, cfg.dtype, "conv3")(out))
+        bn = lambda name, h: BatchNorm(cfg.bn_eps, cfg.dtype, name=name)(h, train)
+        out = nn.relu(bn("bn1", conv(self.planes, 1, 1, cfg.dtype, "conv1")(x)))
+        out = nn.relu(bn("bn2", conv(self.planes, 3, self.stride, cfg.dtype, "conv2")(out)))
+        out = bn("bn3", conv(self.planes * 4, 1, 1, cfg.dtype, "conv3")(out))
         shortcut = x
         if self.stride != 1 or x.shape[-1] != self.planes * 4:
-            shortcut = bn("downsample_bn")(conv(self.planes * 4, 1, self.stride, cfg.dtype, "downsample_conv")(x))
+            shortcut = bn("downsample_bn", conv(self.planes * 4, 1, self.stride, cfg.dtype, "downsample_conv")(x))
         return nn.relu(out + shortcut)
 
 
@@ -103,11 +128,11 @@ class Stage(nn.Module):
     config: ResNetConfig
 
     @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         planes = self.config.width * 2**self.index
         for j in range(self.config.layers[self.index]):
             stride = 2 if self.index > 0 and j == 0 else 1
-            x = Bottleneck(planes, stride, self.config, name=str(j))(x)
+            x = Bottleneck(planes, stride, self.config, name=str(j))(x, train)
         return x
 
 
@@ -121,18 +146,18 @@ class ResNet(nn.Module):
     config: ResNetConfig
 
     @nn.compact
-    def __call__(self, images: jax.Array, capture: CaptureLike = None) -> Output:
+    def __call__(self, images: jax.Array, capture: CaptureLike = None, train: bool = False) -> Output:
         cfg = self.config
         spec = as_capture(capture)
         _check(images, cfg, spec)
         x = conv(cfg.width, 7, 2, cfg.dtype, "conv1")(images.astype(cfg.dtype))
-        x = nn.relu(FrozenBatchNorm(cfg.bn_eps, cfg.dtype, name="bn1")(x))
+        x = nn.relu(BatchNorm(cfg.bn_eps, cfg.dtype, name="bn1")(x, train))
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))  # pads with -inf
 
         flat = lambda t: t.reshape(t.shape[0], -1, t.shape[-1])
         layers = []
         for stage in range(len(cfg.layers)):
-            x = Stage(stage, cfg, name=f"layer{stage + 1}")(x)
+            x = Stage(stage, cfg, name=f"layer{stage + 1}")(x, train)
             layers.append({"tokens": flat(x)} if spec.for_block(stage, len(cfg.layers)) else {})
 
         grid = (x.shape[1], x.shape[2])

@@ -1,0 +1,113 @@
+"""Training-step throughput, vitjax's trainer against timm with torch.optim.AdamW, in one process.
+
+    python benchmarks/train_step.py                        # ViT-S/16, 224 px, batch 32
+    python benchmarks/train_step.py --repeats 10 --batch 16
+
+One step is a forward pass, the cross-entropy loss, the backward pass and an AdamW update (weight
+decay masked as DeiT masks it, on both sides). vitjax runs the trainer's own jitted step
+(`vitjax.train.loop.train_step`, state donated) with the supervised objective and no mixup; timm
+runs the model in train mode with `torch.optim.AdamW` (its default foreach implementation).
+Weights and images are random: the cost of a step does not depend on them. Prints images/s for
+both and the vitjax/timm ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "shims"))  # timm imports torchvision
+
+
+def interleaved_medians(steps: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
+    """Median seconds per call of each function, timed in turns (a, b, a, b, ...) so that both
+    sides see the same background load on a shared machine."""
+    for step in steps.values():
+        for _ in range(warmup):
+            step()
+    times = {name: [] for name in steps}
+    for _ in range(repeats):
+        for name, step in steps.items():
+            start = time.perf_counter()
+            step()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def timm_step(arch: str, images_nchw, labels):
+    import timm
+    import torch
+
+    model = timm.create_model(arch, pretrained=False).train()
+    decay = [p for n, p in model.named_parameters() if p.ndim > 1 and n not in model.no_weight_decay()]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim <= 1 or n in model.no_weight_decay()]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=1e-4)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = loss_fn(model(images_nchw), labels)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def vitjax_step(arch: str, images_nhwc, labels):
+    import jax
+
+    from vitjax.train import config as run_config, objectives, optimizer
+    from vitjax.train import state as state_lib
+    from vitjax.train.loop import train_step
+
+    config = run_config.defaults()
+    config.model.name, config.model.num_classes = arch, 1000
+    config.objective.update(dict(label_smoothing=0.0, mixup_alpha=0.0, cutmix_alpha=0.0))
+    config.batch_size = images_nhwc.shape[0]
+    objective = objectives.create(config)
+    abstract = jax.eval_shape(lambda: objective.init(jax.random.key(0))[0])
+    tx = optimizer.make(config, abstract, objective.frozen(abstract))
+    state = jax.jit(functools.partial(state_lib.create, objective, tx, 0))()
+    fn = jax.jit(functools.partial(train_step, objective=objective, tx=tx,
+                                   learning_rate=optimizer.learning_rate(config)), donate_argnums=0)
+    batch = {"image": jax.numpy.asarray(images_nhwc), "label": jax.numpy.asarray(labels)}
+    holder = [state]
+
+    def step():
+        holder[0], metrics = fn(holder[0], batch)
+        jax.block_until_ready(metrics["loss"])
+
+    return step
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="vit_small_patch16_224")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=224)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+
+    rng = np.random.RandomState(0)
+    x = rng.randn(args.batch, args.image_size, args.image_size, 3).astype(np.float32)
+    y = rng.randint(0, 1000, args.batch)
+    x_nchw = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    print(f"{args.model}, batch {args.batch}, {args.image_size} px, float32, AdamW, "
+          f"torch threads {torch.get_num_threads()}, median of {args.repeats} interleaved", flush=True)
+    seconds = interleaved_medians({"timm": timm_step(args.model, x_nchw, torch.from_numpy(y)),
+                                   "vitjax": vitjax_step(args.model, x, y.astype(np.int32))}, args.repeats)
+    for name, t in seconds.items():
+        print(f"{name:7s}{args.batch / t:7.2f} img/s  ({t * 1e3:.0f} ms/step)")
+    print(f"ratio  {seconds['timm'] / seconds['vitjax']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
