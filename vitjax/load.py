@@ -79,7 +79,17 @@ def create_model(name: str, *, key: jax.Array, image_size=None, **overrides):
     return model, variables["params"]
 
 
+def bundled_path(spec: ModelSpec) -> str:
+    """Where the weights shipped with the package for `spec` live (vitjax/pretrained/NAME/)."""
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "pretrained", spec.bundled)
+
+
 def _find_checkpoint(spec: ModelSpec) -> str:
+    if spec.bundled:
+        path = os.path.join(bundled_path(spec), "params.safetensors")
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path} is missing: this vitjax install lacks its bundled weights")
+        return path
     if spec.hub is not None:
         path = find_in_hf_cache(*spec.hub)
         if path is not None:

@@ -51,6 +51,7 @@ class ModelSpec:
     hub: tuple[str, str] | None = None  # (repo_id, filename) looked up in the Hugging Face cache
     source: str = ""  # where a user gets the checkpoint, for error messages
     verified: str = ""  # the PyTorch original the tests compare against
+    bundled: str = ""  # folder under vitjax/pretrained/ holding weights shipped with the package
 
 
 REGISTRY: dict[str, ModelSpec] = {}
@@ -211,6 +212,21 @@ def _register_all() -> None:
                        "timm"))
     register(ModelSpec("mocov3_resnet50", "MoCo v3 ResNet-50", ResNetConfig(num_classes=0), tv_pp, resnet, None,
                        "https://dl.fbaipublicfiles.com/moco-v3/r-50-1000ep/r-50-1000ep.pth.tar", "timm"))
+
+    _register_scenes_models()
+
+
+def _register_scenes_models() -> None:
+    """The embedded defaults: trained here on `vitjax_scenes/size64` by `vitjax train` (configs in
+    experiments/scenes_*.py) and shipped in vitjax/pretrained/, so vitjax runs with no download."""
+    scenes = Preprocess(crop=64, crop_pct=1.0)  # ImageNet mean/std, as in training; no resize at 64 px
+    vit_config = ViTConfig(image_size=64, patch_size=8, width=96, depth=4, num_heads=3, mlp_dim=384,
+                           num_classes=10)
+    register(ModelSpec("vit_scenes_patch8_64", "embedded (vitjax_scenes)", vit_config, scenes, (), None,
+                       "shipped with vitjax", "", bundled="vit_scenes_patch8_64"))
+    resnet_config = ResNetConfig(image_size=64, layers=(2, 2, 2, 2), width=16, num_classes=10)
+    register(ModelSpec("resnet_scenes_64", "embedded (vitjax_scenes)", resnet_config, scenes, (), None,
+                       "shipped with vitjax", "", bundled="resnet_scenes_64"))
 
 
 _register_all()
