@@ -2,6 +2,7 @@
 
     python benchmarks/train_step.py                        # ViT-S/16, 224 px, batch 32
     python benchmarks/train_step.py --repeats 10 --batch 16
+    python benchmarks/train_step.py --dtype bfloat16        # bf16 compute (torch.autocast / model.dtype)
 
 One step is a forward pass, the cross-entropy loss, the backward pass and an AdamW update (weight
 decay masked as DeiT masks it, on both sides). vitjax runs the trainer's own jitted step
@@ -38,7 +39,9 @@ def interleaved_medians(steps: dict, repeats: int, warmup: int = 2) -> dict[str,
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def timm_step(arch: str, images_nchw, labels):
+def timm_step(arch: str, images_nchw, labels, dtype: str):
+    import contextlib
+
     import timm
     import torch
 
@@ -49,16 +52,20 @@ def timm_step(arch: str, images_nchw, labels):
                                    {"params": no_decay, "weight_decay": 0.0}], lr=1e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
 
+    def autocast():
+        return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
+
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(images_nchw), labels)
+        with autocast():
+            loss = loss_fn(model(images_nchw), labels)
         loss.backward()
         optimizer.step()
 
     return step
 
 
-def vitjax_step(arch: str, images_nhwc, labels):
+def vitjax_step(arch: str, images_nhwc, labels, dtype: str):
     import jax
 
     from vitjax.train import config as run_config, objectives, optimizer
@@ -66,7 +73,7 @@ def vitjax_step(arch: str, images_nhwc, labels):
     from vitjax.train.loop import train_step
 
     config = run_config.defaults()
-    config.model.name, config.model.num_classes = arch, 1000
+    config.model.name, config.model.num_classes, config.model.dtype = arch, 1000, dtype
     config.objective.update(dict(label_smoothing=0.0, mixup_alpha=0.0, cutmix_alpha=0.0))
     config.batch_size = images_nhwc.shape[0]
     objective = objectives.create(config)
@@ -91,6 +98,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype; bfloat16: timm under torch.autocast, vitjax with model.dtype (params "
+                        "and optimizer stay float32 on both sides)")
     args = parser.parse_args()
 
     import numpy as np
@@ -100,10 +110,11 @@ def main() -> None:
     x = rng.randn(args.batch, args.image_size, args.image_size, 3).astype(np.float32)
     y = rng.randint(0, 1000, args.batch)
     x_nchw = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    print(f"{args.model}, batch {args.batch}, {args.image_size} px, float32, AdamW, "
+    print(f"{args.model}, batch {args.batch}, {args.image_size} px, {args.dtype}, AdamW, "
           f"torch threads {torch.get_num_threads()}, median of {args.repeats} interleaved", flush=True)
-    seconds = interleaved_medians({"timm": timm_step(args.model, x_nchw, torch.from_numpy(y)),
-                                   "vitjax": vitjax_step(args.model, x, y.astype(np.int32))}, args.repeats)
+    seconds = interleaved_medians({"timm": timm_step(args.model, x_nchw, torch.from_numpy(y), args.dtype),
+                                   "vitjax": vitjax_step(args.model, x, y.astype(np.int32), args.dtype)},
+                                  args.repeats)
     for name, t in seconds.items():
         print(f"{name:7s}{args.batch / t:7.2f} img/s  ({t * 1e3:.0f} ms/step)")
     print(f"ratio  {seconds['timm'] / seconds['vitjax']:.2f}x")

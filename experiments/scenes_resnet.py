@@ -9,8 +9,8 @@ in vitjax/pretrained/ (92.5% test accuracy).
 Two bottleneck blocks per stage, stem width 16 (stage widths 16-128, outputs 64-512). BatchNorm
 trains on batch statistics (over the global batch); its running averages (momentum 0.1) are what
 evaluation and the exported params use. 1500 steps of batch 64 (9.6 epochs): 25 minutes on a
-busy 2-core CPU (convolutions run far below the matmul peak on CPU). The trained params are exported to WORKDIR/params for
-`vitjax.load('resnet50.a1_in1k', checkpoint=...)`.
+busy 2-core CPU (convolutions run far below the matmul peak on CPU). The trained params are
+exported to WORKDIR/params for `vitjax.load('resnet50.a1_in1k', checkpoint=...)`.
 """
 
 import ml_collections

@@ -12,7 +12,6 @@ a pure function of (seed, s): that is what makes a resumed run equal an uninterr
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import time
