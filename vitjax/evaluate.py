@@ -2,9 +2,9 @@
 
 `evaluate('vit_scenes_patch8_64', 'vitjax_scenes/size64', 'test')` runs the model's own eval
 transform (its registry recipe) over every example once and returns top-1 and top-5 accuracy.
-On a split whose records carry a `texture_label` (vitjax_scenes' `cue_conflict`), it also returns
-the shape bias of Geirhos et al.: among the answers that name either cue, the fraction that name
-the shape class.
+On a split whose records carry a `texture_label` that differs from the label (vitjax_scenes'
+`cue_conflict`), it also returns the shape bias of Geirhos et al.: among the answers on such
+images that name either cue, the fraction that name the shape class.
 """
 
 from __future__ import annotations
@@ -51,9 +51,11 @@ def evaluate(name: str, data: str, split: str, *, checkpoint=None, batch_size: i
         counts["examples"] += int(valid.sum())
         counts["top1"] += int((valid & (predicted == label)).sum())
         counts["top5"] += int((valid & (np.asarray(top5) == label[:, None]).any(-1)).sum())
-        if "texture_label" in batch:
-            counts["shape"] += int((valid & (predicted == label)).sum())
-            counts["texture"] += int((valid & (predicted == np.asarray(batch["texture_label"]))).sum())
+        if "texture_label" in batch:  # only images whose cues disagree say anything about bias
+            texture = np.asarray(batch["texture_label"])
+            conflict = valid & (texture != label)
+            counts["shape"] += int((conflict & (predicted == label)).sum())
+            counts["texture"] += int((conflict & (predicted == texture)).sum())
     metrics = {"examples": counts["examples"], "accuracy": counts["top1"] / counts["examples"],
                "top5": counts["top5"] / counts["examples"]}
     if counts["shape"] + counts["texture"]:
