@@ -12,9 +12,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
+from vitjax import parallel
 from vitjax.load import load
 
 
@@ -37,9 +37,9 @@ def evaluate(name: str, data: str, split: str, *, checkpoint=None, batch_size: i
             out["texture_label"] = record["texture_label"]
         return out
 
-    devices = np.array(jax.devices())
-    sharding = NamedSharding(jax.sharding.Mesh(devices, ("data",)), PartitionSpec("data"))
-    batch_size = -(-batch_size // len(devices)) * len(devices)  # a multiple of the device count
+    sharding = parallel.batch_sharding(parallel.make_mesh())
+    devices = jax.device_count()
+    batch_size = -(-batch_size // devices) * devices  # a multiple of the device count
     logits_fn = jax.jit(lambda p, x: model.apply({"params": p}, x).logits)
     counts = {"examples": 0, "top1": 0, "top5": 0, "shape": 0, "texture": 0}
     batches = loader.eval_batches(source, transform=transform, global_batch=batch_size, sharding=sharding)
