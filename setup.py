@@ -53,6 +53,8 @@ setup(
             "transformers==5.23.0",
             "triton==3.6.0",  # the Triton kernels run under TRITON_INTERPRET=1 on the CPU
             "jax-triton==0.3.1",
+            "pyhessian==0.1",  # the curvature oracle; needs only numpy and torch (pinned above)
+            "scikit-learn==1.9.1",  # the k-means and clustering-score oracle
             "pytest>=8",
             "pytest-xdist>=3.6",
             "pyyaml",

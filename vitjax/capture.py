@@ -31,6 +31,8 @@ TAPS = {
     "and entropy_patches (rows renormalised over patch keys), patch_entropy",
     "attn_received": "attention each key receives, summed over all queries, per head (B, H, N)",
     "attn_rows": "full attention rows of the prefix tokens (class, distillation, registers) per head (B, H, P, N)",
+    # Not a block output: the model's input embeddings, the same array in every block that records it.
+    "patch_embed": "input patch embeddings, the patch projection before position embeddings (B, gh*gw, D)",
 }
 
 

@@ -146,6 +146,7 @@ class ViT(nn.Module):
         x = patches @ kernel.reshape(-1, cfg.width).astype(cfg.dtype)
         if cfg.patch_bias:
             x = x + self.param("patch_embed_bias", nn.initializers.zeros, (cfg.width,)).astype(cfg.dtype)
+        patch_embed = x  # the 'patch_embed' tap (the Registers paper's redundancy test reads it)
 
         prefix = []
         if cfg.class_token:
@@ -182,8 +183,9 @@ class ViT(nn.Module):
         layout = cfg.layout(grid)
         layers = []
         for i in range(cfg.depth):
-            x, record = Block(cfg, rel_pos_grid, spec.for_block(i, cfg.depth), layout, name=f"blocks_{i}")(x)
-            layers.append(record)
+            taps = spec.for_block(i, cfg.depth)
+            x, record = Block(cfg, rel_pos_grid, taps, layout, name=f"blocks_{i}")(x)
+            layers.append({**record, "patch_embed": patch_embed} if "patch_embed" in taps else record)
 
         tokens = layer_norm(cfg.norm_eps, cfg.dtype, "norm")(x) if cfg.final_norm else x
         if cfg.pool == "token" and cfg.dist_token:
