@@ -1,4 +1,4 @@
-"""The `vitjax` command: list, inspect, convert, train and evaluate models (analyses come later)."""
+"""The `vitjax` command: list, inspect, convert, train, evaluate and analyze models."""
 
 from __future__ import annotations
 
@@ -18,6 +18,16 @@ vitjax: Vision Transformers as pure JAX functions, and the analyses of how they 
                                      accuracy, and shape bias on a cue-conflict split
   vitjax train CONFIG [--workdir DIR] [--set key=value ...]
                                      train as a config file (experiments/*.py) says; resumes by itself
+  vitjax analyze [--model NAME[:CHECKPOINT] ...] [--data DATASET[:SPLIT]] [--preset NAME]
+                 [--analyses a,b,...] [--config FILE] --out DIR
+                                     the five papers' analyses in one pass: metrics.json, figures,
+                                     index.html (no arguments but --out: embedded models, vitjax_scenes)
+  vitjax curvature [--model NAME[:CHECKPOINT] ...] [--density] [--trace] --out DIR
+                                     Hessian max-eigenvalue spectra (Park & Kim), spectral density, trace
+  vitjax landscape [--model NAME[:CHECKPOINT] ...] [--dims 1|2] [--grid N] [--config FILE] --out DIR
+                                     loss landscapes along filter-normalised random directions
+  vitjax frequency [--model NAME[:CHECKPOINT] ...] [--data DATASET[:SPLIT]] --out DIR
+                                     accuracy under band-limited noise, Fourier heat map of the error
 
 Run `vitjax COMMAND --help` for the options of each command.
 """
@@ -126,6 +136,66 @@ def cmd_evaluate(args) -> None:
         print(f"{key:>10}: {value:.4f}" if isinstance(value, float) else f"{key:>10}: {value}")
 
 
+def cmd_curvature(args) -> None:
+    from vitjax.curvature.command import load_options, run
+
+    options = load_options(args.config, {
+        "models": args.model, "data": args.data, "data_dir": args.data_dir, "num_batches": args.num_batches,
+        "batch_size": args.batch_size, "top_k": args.top_k, "max_iter": args.max_iter,
+        "weight_decay": args.weight_decay, "density": args.density, "trace": args.trace,
+        "slq_probes": args.slq_probes, "slq_steps": args.slq_steps, "trace_max_matvecs": args.trace_max_matvecs,
+        "seed": args.seed, "out": args.out})
+    print(f"wrote {run(options)}")
+
+
+def cmd_landscape(args) -> None:
+    from vitjax.curvature.landscape_command import LandscapeOptions, load_options, run_landscape
+
+    options = load_options(LandscapeOptions, args.config, {
+        "models": args.model, "data": args.data, "data_dir": args.data_dir, "dims": args.dims, "grid": args.grid,
+        "span": args.span, "normalization": args.normalization, "weight_decay": args.weight_decay,
+        "penalty": args.penalty, "num_batches": args.num_batches, "batch_size": args.batch_size,
+        "augment": args.augment, "chunk": args.chunk, "seed": args.seed, "out": args.out})
+    print(f"wrote {run_landscape(options)}")
+
+
+def cmd_frequency(args) -> None:
+    from vitjax.curvature.landscape_command import FrequencyOptions, load_options, run_frequency
+
+    options = load_options(FrequencyOptions, args.config, {
+        "models": args.model, "data": args.data, "data_dir": args.data_dir, "num_batches": args.num_batches,
+        "batch_size": args.batch_size, "bands": args.bands, "band_eps": args.band_eps, "heat_eps": args.heat_eps,
+        "heat_stride": args.heat_stride, "seed": args.seed, "out": args.out})
+    print(f"wrote {run_frequency(options)}")
+
+
+def cmd_analyze(args) -> None:
+    from vitjax import parallel
+
+    parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+    import jax
+
+    from vitjax.analysis import config, run
+    from vitjax.report import figures, html
+
+    settings = config.load(args.config) if args.config else config.defaults()
+    flags = {"models": args.model, "data": args.data, "data_dir": args.data_dir, "preset": args.preset,
+             "analyses": args.analyses, "batch_size": args.batch_size, "num_images": args.num_images}
+    settings.update({key: value for key, value in flags.items() if value is not None})
+    models = list(settings["models"] or run.DEFAULT_MODELS)
+    data = settings["data"] or run.DEFAULT_DATA
+    analyses, explicit = config.analyses_of(settings)
+    result = run.analyze(models, data, analyses, batch_size=settings["batch_size"],
+                         num_images=settings["num_images"], data_dir=settings["data_dir"], explicit=explicit)
+    for note in result.notes:
+        print(f"note: {note}")
+    if jax.process_index() == 0:
+        drawn = figures.draw(result.metrics, args.out)
+        title = f"vitjax analyze: {', '.join(models)} on {data} ({result.metrics['run']['images']} images)"
+        index = html.write_report(args.out, title, result.metrics, drawn, result.notes)
+        print(f"wrote {index} ({len(drawn)} figures) and {index.parent / 'metrics.json'}")
+
+
 def _table(header: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, tuple("-" * w for w in widths), *rows]:
@@ -200,6 +270,112 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--batch-size", type=int, default=256, help="global batch (default %(default)s)")
     evaluate.add_argument("--data-dir", help="TFDS data directory (default: TFDS's own)")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    analyze = sub.add_parser("analyze", help="run the papers' analyses on models and a dataset, write a report",
+                             description="Apply every requested analysis to every model in one pass over a dataset "
+                             "(each model with its own preprocessing, sharded over all devices) and write "
+                             "metrics.json, one PNG per figure and an index.html. Presets are the papers' protocols: "
+                             "all (default), teaching_matters, cl_vs_mim, registers, park_kim. With no --model and "
+                             "--data: the embedded vit_scenes_patch8_64 and resnet_scenes_64 on vitjax_scenes.")
+    analyze.add_argument("--model", action="append", metavar="NAME[:CHECKPOINT]",
+                         help="a model and optionally its checkpoint (repeatable; default the two embedded models)")
+    analyze.add_argument("--data", metavar="DATASET[:SPLIT]", help="a TFDS name or folder:/path, and a split "
+                         "(default vitjax_scenes/size64:test)")
+    analyze.add_argument("--analyses", metavar="a,b,...", help="comma-separated analysis names (with --preset: "
+                         "those of the preset, with its options)")
+    analyze.add_argument("--preset", help="a paper's protocol: all, teaching_matters, cl_vs_mim, registers, park_kim")
+    analyze.add_argument("--config", help="a config file (experiments/*/*.py) setting any of these; flags override it")
+    analyze.add_argument("--batch-size", type=int, help="global batch (default 32, rounded up to the device count "
+                         "and CKA's minibatch)")
+    analyze.add_argument("--num-images", type=int, help="analyse only the first N images of the split")
+    analyze.add_argument("--data-dir", help="TFDS data directory (default: TFDS's own)")
+    analyze.add_argument("--out", required=True, help="report directory")
+    analyze.add_argument("--coordinator", help="multi-process run: HOST:PORT of process 0")
+    analyze.add_argument("--num-processes", type=int, help="multi-process run: how many processes")
+    analyze.add_argument("--process-id", type=int, help="multi-process run: this process's index")
+    analyze.add_argument("--distributed", action="store_true",
+                         help="multi-process run on a cluster JAX detects by itself (Cloud TPU, Slurm, Open MPI)")
+    analyze.set_defaults(func=cmd_analyze)
+
+    curvature = sub.add_parser(
+        "curvature", help="Hessian max-eigenvalue spectra (Park & Kim), spectral density and trace",
+        description="Park & Kim's Hessian max-eigenvalue spectra: the top-k eigenvalues (largest |lambda|, power "
+        "iteration, tol 1e-3, at most 100 iterations) of the loss on each of several fixed, augmented training "
+        "mini-batches (NLL + (wd/2)|w|^2, eval-mode BatchNorm), pooled and overlaid per model; with --density the "
+        "spectral density by stochastic Lanczos quadrature, with --trace the trace by Hutchinson, both of the "
+        "Hessian over all the batches. Writes metrics.json, PNGs and index.html. The defaults (the embedded ViT "
+        "and ResNet, top-2 of 4 batches of 16) are sized for a laptop CPU. Options: defaults < --config < flags.")
+    curvature.add_argument("--model", action="append", metavar="NAME[:CHECKPOINT]",
+                           help="a model to analyse (repeatable; default vit_scenes_patch8_64 and resnet_scenes_64)")
+    curvature.add_argument("--data", help="DATASET[:SPLIT] (default vitjax_scenes/size64:train)")
+    curvature.add_argument("--data-dir", help="TFDS data directory (default: TFDS's own)")
+    curvature.add_argument("--num-batches", type=int, help="mini-batches, one Hessian each (default 4)")
+    curvature.add_argument("--batch-size", type=int, help="examples per mini-batch (default 16)")
+    curvature.add_argument("--top-k", type=int, help="eigenvalues per mini-batch (default 2; Park & Kim use 5)")
+    curvature.add_argument("--max-iter", type=int, help="power iterations per eigenvalue (default 100, PyHessian's)")
+    curvature.add_argument("--weight-decay", type=float, help="wd in NLL + (wd/2)|w|^2 (default 0.05)")
+    curvature.add_argument("--density", action="store_true", default=None, help="also the SLQ spectral density")
+    curvature.add_argument("--slq-probes", type=int, help="SLQ probes (default 4)")
+    curvature.add_argument("--slq-steps", type=int, help="Lanczos steps per SLQ probe (default 30)")
+    curvature.add_argument("--trace", action="store_true", default=None, help="also the Hutchinson trace")
+    curvature.add_argument("--trace-max-matvecs", type=int, help="Hutchinson probe budget (default 30)")
+    curvature.add_argument("--seed", type=int, help="seed of the batches, augmentation and probes (default 0)")
+    curvature.add_argument("--config", help="a Python file whose get_config() sets these options "
+                           "(e.g. experiments/how_do_vits_work/hessian_spectra.py)")
+    curvature.add_argument("--out", help="output directory (default runs/curvature)")
+    curvature.set_defaults(func=cmd_curvature)
+
+    model_help = "a model and optionally its checkpoint (repeatable; default vit_scenes_patch8_64 and resnet_scenes_64)"
+    landscape = sub.add_parser(
+        "landscape", help="loss landscapes along normalised random directions (Li et al.; Park & Kim)",
+        description="The loss on a 1-D line or 2-D plane through the trained weights along random Gaussian directions "
+        "normalised slice by slice to the weights (Flax layouts; see vitjax.curvature.landscape), evaluated on fixed "
+        "augmented training batches with eval-mode BatchNorm, grid points vmapped and data sharded over all devices. "
+        "Defaults are Park & Kim's protocol (dim-0 normalisation, 1-D tensors and position embeddings fixed, "
+        "NLL + 0.05 * sum of weight norms, Mixup/CutMix data) on an 11 x 11 grid over 2 batches of 64 (a few minutes "
+        "on a laptop CPU). Writes metrics.json, PNGs and index.html. Options: defaults < --config < flags.")
+    landscape.add_argument("--model", action="append", metavar="NAME[:CHECKPOINT]", help=model_help)
+    landscape.add_argument("--data", metavar="DATASET[:SPLIT]", help="default vitjax_scenes/size64:train")
+    landscape.add_argument("--data-dir", help="TFDS data directory (default: TFDS's own)")
+    landscape.add_argument("--dims", type=int, choices=(1, 2), help="a line or a plane (default 2)")
+    landscape.add_argument("--grid", type=int, help="points per axis (default 11; Park & Kim 21)")
+    landscape.add_argument("--span", type=float, help="the axes run over [-span, span] (default 1)")
+    landscape.add_argument("--normalization", choices=("filter", "park_kim", "none"),
+                           help="filter: per output unit (Li et al.); park_kim: torch.norm(dim=0) (default)")
+    landscape.add_argument("--weight-decay", type=float, help="coefficient of the penalty (default 0.05)")
+    landscape.add_argument("--penalty", choices=("park_kim", "l2"),
+                           help="park_kim: wd * sum |w_k| (default); l2: wd/2 * sum |w_k|^2")
+    landscape.add_argument("--num-batches", type=int, help="fixed batches (default 2)")
+    landscape.add_argument("--batch-size", type=int, help="examples per batch (default 64)")
+    landscape.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                           help="eval-transform batches with one-hot targets instead of augmented training data")
+    landscape.add_argument("--chunk", type=int, help="grid points per compiled call (default 8)")
+    landscape.add_argument("--seed", type=int, help="seed of the directions and batches (default 0)")
+    landscape.add_argument("--config", help="a Python file whose get_config() sets these options "
+                           "(e.g. experiments/how_do_vits_work/loss_landscape.py)")
+    landscape.add_argument("--out", required=True, help="report directory")
+    landscape.set_defaults(func=cmd_landscape)
+
+    frequency = sub.add_parser(
+        "frequency", help="accuracy under band-limited noise and the Fourier heat map of the error",
+        description="Park & Kim's frequency robustness: accuracy when FreqAttack's sign noise, band-passed to a "
+        "square annulus around each frequency, is added to the test images; and Yin et al.'s Fourier heat map: the "
+        "error rate under a single Fourier basis perturbation at each frequency (u, v). Defaults: 11 bands, an 8 x 8 "
+        "heat map, 2 test batches of 128 (a few minutes on a laptop CPU). Writes metrics.json, PNGs and index.html.")
+    frequency.add_argument("--model", action="append", metavar="NAME[:CHECKPOINT]", help=model_help)
+    frequency.add_argument("--data", metavar="DATASET[:SPLIT]", help="default vitjax_scenes/size64:test")
+    frequency.add_argument("--data-dir", help="TFDS data directory (default: TFDS's own)")
+    frequency.add_argument("--num-batches", type=int, help="batches from the start of the split (default 2)")
+    frequency.add_argument("--batch-size", type=int, help="examples per batch (default 128)")
+    frequency.add_argument("--bands", type=int, help="noise frequencies linspace(0, pi, N) (default 11)")
+    frequency.add_argument("--band-eps", type=float, help="sign-noise amplitude in model-input units (default 1.0)")
+    frequency.add_argument("--heat-eps", type=float, help="l2 norm of a heat-map perturbation per channel (default 32)")
+    frequency.add_argument("--heat-stride", type=int, help="heat-map step in frequency indices (default 8)")
+    frequency.add_argument("--seed", type=int, help="seed of the noise (default 0)")
+    frequency.add_argument("--config", help="a Python file whose get_config() sets these options "
+                           "(e.g. experiments/how_do_vits_work/frequency_robustness.py)")
+    frequency.add_argument("--out", required=True, help="report directory")
+    frequency.set_defaults(func=cmd_frequency)
     return parser
 
 

@@ -74,7 +74,7 @@ def _due(done: int, every: int, total: int) -> bool:
 
 def train(config: ml_collections.ConfigDict, workdir: str, *, train_batches: Batches | None = None,
           eval_batches: EvalBatches | None = None, mesh=None, resume: str = "auto",
-          progress: bool = True) -> state_lib.TrainState:
+          progress: bool = True, callbacks=()) -> state_lib.TrainState:
     """Trains to `config.total_steps` and returns the final state.
 
     Without batch factories, the data comes from `config.data`. `mesh` defaults to every device
@@ -132,6 +132,8 @@ def train(config: ml_collections.ConfigDict, workdir: str, *, train_batches: Bat
             state, metrics = step_fn(state, next(batches))
             pending.append(metrics)
             bar.update()
+            for callback in callbacks:  # callback(step, state), e.g. curvature.spectra.SpectraCallback
+                callback(done, state)
             if _due(done, config.log_every, total):
                 host = parallel.to_host(pending)
                 logged = {name: float(np.mean([m[name] for m in host])) for name in host[0]}
