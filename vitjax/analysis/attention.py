@@ -20,7 +20,8 @@ import numpy as np
 
 from vitjax.analysis.attention_maps import AlignedAttentionMaps, ClsAttentionMaps, SaliencyAlignment
 from vitjax.analysis.attention_tokens import (TAP, attention_maps, attention_shape, count_valid, mean_or_nan,
-                                              patch_block, renormalise, renormalise_patch_rows, valid_sum)
+                                              patch_block, renormalise, renormalise_patch_rows,
+                                              summed_patch_rows, valid_sum)
 from vitjax.analysis.base import Analysis
 from vitjax.capture import Output, TokenLayout
 from vitjax.kernels.stats import pair_distance, token_geometry
@@ -95,12 +96,23 @@ class AttentionDistance(PerImageMean):
         if self.units not in ("unit_square", "pixels"):
             raise ValueError(f"attention_distance units must be 'unit_square' or 'pixels', not {self.units!r}")
 
-    def per_image(self, attn, layout):
-        rows = renormalise_patch_rows(attn, layout, PIXEL_EPS if self.units == "pixels" else 0.0)
+    def _distances(self, layout):
         geometry = token_geometry(layout, self.units).slice(layout.num_prefix, layout.num_tokens)
-        distance = pair_distance(geometry, geometry)
-        per_query = jnp.einsum("bhqk,qk->bhq", rows, distance, precision=HIGHEST)
+        return pair_distance(geometry, geometry), PIXEL_EPS if self.units == "pixels" else 0.0
+
+    def per_image(self, attn, layout):
+        distance, eps = self._distances(layout)
+        per_query = jnp.einsum("bhqk,qk->bhq", renormalise_patch_rows(attn, layout, eps), distance, precision=HIGHEST)
         return {"distance": per_query.mean(-1)}
+
+    def update(self, state, output: Output, batch: dict):
+        # The metric is linear in the renormalised rows, so summing the rows over images first
+        # gives the same sum of per-image means in one read of each attention block.
+        distance, eps = self._distances(output.layout)
+        sums = [jnp.einsum("hqk,qk->h", summed_patch_rows(attn, output.layout, batch["valid"], eps), distance,
+                           precision=HIGHEST) / distance.shape[0] for attn in attention_maps(output, self.name)]
+        return {"sums": {"distance": state["sums"]["distance"] + jnp.stack(sums)},
+                "count": state["count"] + count_valid(batch)}
 
     def finalize(self, state):
         return {**_with_head_means(super().finalize(state), "distance"), "units": np.asarray(self.units)}

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax.analysis.attention_tokens import (TAP, attention_maps, attention_shape, count_valid, mean_or_nan,
-                                              patch_block, renormalise, renormalise_patch_rows,
+                                              patch_block, renormalise, renormalise_patch_rows, summed_patch_rows,
                                               require_class_token, valid_sum)
 from vitjax.analysis.base import Analysis, Buffer
 from vitjax.analysis.mask_grid import token_mask
@@ -66,17 +66,32 @@ def _buffer_of(state: dict) -> Buffer:
     return Buffer(rows.shape[0], tuple(rows.shape[1:]), rows.dtype)
 
 
-def canvas_index(grid: tuple[int, int]) -> np.ndarray:
-    """Where each (query, key) pair of a grid lands in the (2gh-1, 2gw-1) canvas, flattened (Q*K,).
+def _align_rows(m: jax.Array) -> jax.Array:
+    """(..., n, n) indexed [i, j] -> (..., n, 2n-1) indexed [i, j - i + n - 1], zeros elsewhere.
 
-    Query (i, j)'s map is pasted with its top-left at (gh-1-i, gw-1-j), so key (ki, kj) lands at
-    (gh-1 + ki-i, gw-1 + kj-j): the canvas centre is the query itself.
+    Reversing j, padding each row to 2n and re-reading the first n(2n-1) entries as rows of 2n-1
+    shifts row i right by i: a dense copy (no scatter), so XLA does it at memory speed.
+    """
+    n = m.shape[-1]
+    padded = jnp.pad(m[..., ::-1], [(0, 0)] * (m.ndim - 1) + [(0, n)])
+    shifted = padded.reshape(*m.shape[:-2], 2 * n * n)[..., : n * (2 * n - 1)]
+    return shifted.reshape(*m.shape[:-2], n, 2 * n - 1)[..., ::-1]
+
+
+def aligned_canvas(rows: jax.Array, grid: tuple[int, int]) -> jax.Array:
+    """(..., Q, K) patch rows -> (..., 2gh-1, 2gw-1): every query's map pasted centred on the query, summed.
+
+    Key (ki, kj) of query (i, j) lands at (gh-1 + ki-i, gw-1 + kj-j), as Teaching Matters pastes
+    query (i, j)'s map with its top-left corner at (gh-1-i, gw-1-j). The two grid axes are aligned
+    one after the other (rows, then columns), summing out the query coordinate each time.
     """
     gh, gw = grid
-    rows, cols = np.divmod(np.arange(gh * gw), gw)
-    canvas_rows = gh - 1 + rows[None, :] - rows[:, None]
-    canvas_cols = gw - 1 + cols[None, :] - cols[:, None]
-    return (canvas_rows * (2 * gw - 1) + canvas_cols).ravel().astype(np.int32)
+    lead = rows.shape[:-2]
+    maps = rows.reshape(*lead, gh, gw, gh, gw)  # [qi, qj, ki, kj]
+    maps = jnp.moveaxis(maps, (-4, -2), (-2, -1))  # [qj, kj, qi, ki]
+    by_row = _align_rows(maps).sum(-2)  # [qj, kj, dy]
+    by_row = jnp.moveaxis(by_row, -1, -3)  # [dy, qj, kj]
+    return _align_rows(by_row).sum(-2)  # [dy, dx]
 
 
 def attention_offset(canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -100,7 +115,7 @@ class AlignedAttentionMaps(Analysis):
 
     Prefix tokens are dropped from queries and keys and rows renormalised (rows whose mass was all
     on prefix tokens stay zero and still count); each patch query's (gh, gw) map is pasted into a
-    (2gh-1, 2gw-1) canvas centred on the query (`canvas_index`), and the canvases are summed over
+    (2gh-1, 2gw-1) canvas centred on the query (`aligned_canvas`), and the canvases are summed over
     queries and images, then divided:
 
     divisor='per_query' (default): by (images x queries), the exact mean aligned map.
@@ -132,14 +147,9 @@ class AlignedAttentionMaps(Analysis):
 
     def update(self, state, output: Output, batch: dict):
         layout, valid = output.layout, batch["valid"]
-        gh, gw = layout.grid
-        index = jnp.asarray(canvas_index(layout.grid))
         canvases, prefix_rows = [], []
         for attn in attention_maps(output, self.name):
-            summed = valid_sum(renormalise_patch_rows(attn, layout), valid)  # (H, Q, K) over images
-            flat = summed.reshape(summed.shape[0], -1)
-            canvas = jnp.zeros((flat.shape[0], (2 * gh - 1) * (2 * gw - 1)), jnp.float32).at[:, index].add(flat)
-            canvases.append(canvas.reshape(-1, 2 * gh - 1, 2 * gw - 1))
+            canvases.append(aligned_canvas(summed_patch_rows(attn, layout, valid), layout.grid))
             empty = (patch_block(attn, layout).sum(-1) == 0).sum(-1, dtype=jnp.float32)  # (B, H)
             prefix_rows.append(valid_sum(empty, valid))
         return {"canvas": state["canvas"] + jnp.stack(canvases),
