@@ -203,11 +203,13 @@ def open_tfds(spec: str, split: str | None, *, data_dir: str | None, manual_dir:
                    features[layout.objects].feature["label"].names if layout.objects else ())
 
     def read() -> tf.data.Dataset:
-        # shuffle_files=False and deterministic tf.data: the same order on every host and run.
+        # shuffle_files=False and deterministic tf.data: the same order on every host and run. No
+        # auto-cache: the eval loader pads the last batch by re-reading one example, and a cached
+        # small split then warns once per padding row that the cache was not fully read.
         options = tf.data.Options()
         options.deterministic = True
         return builder.as_dataset(split=split, shuffle_files=False, decoders=skip,
-                                  read_config=tfds.ReadConfig(options=options))
+                                  read_config=tfds.ReadConfig(options=options, try_autocache=False))
 
     def select(example) -> dict:
         record = {"image": example[layout.image]}
