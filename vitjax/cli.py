@@ -137,9 +137,10 @@ def cmd_evaluate(args) -> None:
 
 
 def cmd_curvature(args) -> None:
-    from vitjax.curvature.command import load_options, run
+    from vitjax.config_files import options_from
+    from vitjax.curvature.command import Options, run
 
-    options = load_options(args.config, {
+    options = options_from(Options, args.config, {
         "models": args.model, "data": args.data, "data_dir": args.data_dir, "num_batches": args.num_batches,
         "batch_size": args.batch_size, "top_k": args.top_k, "max_iter": args.max_iter,
         "weight_decay": args.weight_decay, "density": args.density, "trace": args.trace,
@@ -149,9 +150,10 @@ def cmd_curvature(args) -> None:
 
 
 def cmd_landscape(args) -> None:
-    from vitjax.curvature.landscape_command import LandscapeOptions, load_options, run_landscape
+    from vitjax.config_files import options_from
+    from vitjax.curvature.landscape_command import LandscapeOptions, run_landscape
 
-    options = load_options(LandscapeOptions, args.config, {
+    options = options_from(LandscapeOptions, args.config, {
         "models": args.model, "data": args.data, "data_dir": args.data_dir, "dims": args.dims, "grid": args.grid,
         "span": args.span, "normalization": args.normalization, "weight_decay": args.weight_decay,
         "penalty": args.penalty, "num_batches": args.num_batches, "batch_size": args.batch_size,
@@ -160,9 +162,10 @@ def cmd_landscape(args) -> None:
 
 
 def cmd_frequency(args) -> None:
-    from vitjax.curvature.landscape_command import FrequencyOptions, load_options, run_frequency
+    from vitjax.config_files import options_from
+    from vitjax.curvature.landscape_command import FrequencyOptions, run_frequency
 
-    options = load_options(FrequencyOptions, args.config, {
+    options = options_from(FrequencyOptions, args.config, {
         "models": args.model, "data": args.data, "data_dir": args.data_dir, "num_batches": args.num_batches,
         "batch_size": args.batch_size, "bands": args.bands, "band_eps": args.band_eps, "heat_eps": args.heat_eps,
         "heat_stride": args.heat_stride, "seed": args.seed, "out": args.out})

@@ -23,9 +23,9 @@ def defaults() -> dict[str, Any]:
 
 def load(path: str) -> dict[str, Any]:
     """The settings of config file `path` on top of `defaults()`; an unknown key is an error."""
-    from vitjax.train.config import _run_config_file
+    from vitjax.config_files import run_config_file
 
-    user = _run_config_file(str(path))
+    user = run_config_file(str(path))
     user = user.to_dict() if hasattr(user, "to_dict") else dict(user)
     unknown = sorted(set(user) - set(KEYS))
     if unknown:

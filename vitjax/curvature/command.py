@@ -114,10 +114,3 @@ def run(options: Options) -> Path:
              f"(deterministic in seed {options.seed} and the batch index); parameters: all but BatchNorm "
              "running statistics."]
     return write_report(out, "Hessian spectra: " + " vs ".join(metrics["models"]), metrics, figure_list, notes)
-
-
-def load_options(config_file: str | None, overrides: dict) -> Options:
-    """Defaults, then the config file's get_config() entries, then `overrides` (None values skipped)."""
-    from vitjax.curvature.landscape_command import load_options as load
-
-    return load(Options, config_file, overrides)

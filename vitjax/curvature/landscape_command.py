@@ -60,24 +60,6 @@ class FrequencyOptions:
     out: str = "runs/frequency"
 
 
-def load_options(options_class, config_file: str | None, overrides: dict):
-    """Defaults, then the config file's get_config() entries, then `overrides` (None values skipped)."""
-    values = {}
-    if config_file:
-        from vitjax.train.config import _run_config_file
-
-        config = _run_config_file(config_file)
-        values.update(config.to_dict() if hasattr(config, "to_dict") else dict(config))
-    values.update({k: v for k, v in overrides.items() if v is not None})
-    known = {f.name for f in dataclasses.fields(options_class)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise ValueError(f"unknown option(s) {unknown}; known: {sorted(known)}")
-    if "models" in values:
-        values["models"] = tuple(values["models"])
-    return options_class(**values)
-
-
 def _load(entry: str):
     """'NAME' or 'NAME:CHECKPOINT' -> (label, registry name, model, params)."""
     import vitjax

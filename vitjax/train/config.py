@@ -10,13 +10,13 @@ a value of the wrong type; the model section is checked by building the model's 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from typing import Any
 
 import ml_collections
 from ml_collections import config_dict
 
+from vitjax.config_files import run_config_file
 from vitjax.models.registry import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -87,7 +87,7 @@ def load(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> ml
 
     Raises ValueError (unknown key, wrong type, a model that cannot be built) before anything runs.
     """
-    user = _run_config_file(os.fspath(path))
+    user = run_config_file(os.fspath(path))
     overrides = dict(overrides or {})
     objective = overrides.get("objective.name", user.get("objective", {}).get("name", "supervised"))
     config = defaults(objective)
@@ -96,17 +96,6 @@ def load(path: str | os.PathLike, overrides: dict[str, Any] | None = None) -> ml
         _set(config, key, value)
     build_model(config.model)  # a misspelt or mistyped model field fails here, not after data loading
     return config
-
-
-def _run_config_file(path: str) -> ml_collections.ConfigDict:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"no config file {path}")
-    spec = importlib.util.spec_from_file_location("vitjax_run_config", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"{path} defines no get_config() returning an ml_collections.ConfigDict")
-    return module.get_config()
 
 
 def _merge(base: ml_collections.ConfigDict, user, where: str, prefix: str = "") -> None:
