@@ -19,10 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from vitjax.analysis.attention_maps import AlignedAttentionMaps, ClsAttentionMaps, SaliencyAlignment
-from vitjax.analysis.attention_tokens import (TAP, attention_maps, attention_shape, count_valid, mean_or_nan,
-                                              patch_block, renormalise, renormalise_patch_rows,
-                                              summed_patch_rows, valid_sum)
-from vitjax.analysis.base import Analysis
+from vitjax.analysis.attention_tokens import (TAP, attention_maps, attention_shape, patch_block, renormalise,
+                                              renormalise_patch_rows, summed_patch_rows)
+from vitjax.analysis.base import Analysis, count_valid, mean_or_nan, valid_sum
 from vitjax.capture import Output, TokenLayout
 from vitjax.kernels.stats import pair_distance, token_geometry
 

@@ -13,10 +13,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitjax.analysis.attention_tokens import (TAP, attention_maps, attention_shape, count_valid, mean_or_nan,
-                                              patch_block, renormalise, renormalise_patch_rows, summed_patch_rows,
-                                              require_class_token, valid_sum)
-from vitjax.analysis.base import Analysis, Buffer
+from vitjax.analysis.attention_tokens import (TAP, attention_maps, attention_shape, patch_block, renormalise,
+                                              renormalise_patch_rows, require_class_token, summed_patch_rows)
+from vitjax.analysis.base import Analysis, Buffer, count_valid, mean_or_nan, valid_sum
 from vitjax.analysis.mask_grid import token_mask
 from vitjax.capture import Output, TokenLayout
 

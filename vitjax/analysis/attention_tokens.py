@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from vitjax.capture import Output, TokenLayout
 
@@ -90,20 +89,3 @@ def summed_patch_rows(attn: jax.Array, layout: TokenLayout, valid: jax.Array, ep
     scale = jnp.where(valid & (total > 0), 1.0 / jnp.where(total > 0, total, 1.0), 0.0)  # zero rows stay zero
     summed = (attn * scale).sum(0)[..., patches, patches]
     return summed + eps * scale.sum(0)[..., patches, :] if eps else summed
-
-
-def valid_sum(values: jax.Array, valid: jax.Array) -> jax.Array:
-    """Sum over the batch axis 0 of the rows whose `valid` is True (others may hold anything)."""
-    mask = valid.reshape(valid.shape + (1,) * (values.ndim - 1))
-    return jnp.where(mask, values, 0.0).sum(0)
-
-
-def count_valid(batch: dict) -> jax.Array:
-    return batch["valid"].sum(dtype=jnp.float32)
-
-
-def mean_or_nan(total, count) -> np.ndarray:
-    """total / count on the host, NaN where nothing was counted."""
-    total, count = np.asarray(total, np.float64), np.asarray(count, np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(count > 0, total / np.where(count > 0, count, 1.0), np.nan)

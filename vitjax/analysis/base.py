@@ -59,6 +59,25 @@ class Analysis:
         raise NotImplementedError
 
 
+# Helpers every sum-state analysis uses.
+
+def valid_sum(values: jax.Array, valid: jax.Array) -> jax.Array:
+    """Sum over the batch axis 0 of the rows whose `valid` is True (others may hold anything)."""
+    mask = valid.reshape(valid.shape + (1,) * (values.ndim - 1))
+    return jnp.where(mask, values, 0.0).sum(0)
+
+
+def count_valid(batch: dict) -> jax.Array:
+    return batch["valid"].sum(dtype=jnp.float32)
+
+
+def mean_or_nan(total, count) -> np.ndarray:
+    """total / count on the host, NaN where nothing was counted."""
+    total, count = np.asarray(total, np.float64), np.asarray(count, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.where(count > 0, count, 1.0), np.nan)
+
+
 @dataclasses.dataclass(frozen=True)
 class Buffer:
     """A fixed-capacity, jittable store of per-example rows (for k-means, probes, histograms).

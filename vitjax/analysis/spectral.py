@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitjax.analysis.attention_tokens import count_valid, mean_or_nan, valid_sum
+from vitjax.analysis.base import count_valid, mean_or_nan, valid_sum
 from vitjax.analysis.base import Analysis, State
 from vitjax.capture import Output, TokenLayout
 
