@@ -18,19 +18,14 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vitjax.report.html import Figure  # noqa: E402
+from vitjax.report.html import Figure, save_figure  # noqa: E402
 
 SECTION = "attention"
 KIND_COLOURS = {"class": "tab:red", "dist": "tab:purple", "register": "tab:orange", "patch": "tab:blue"}
 
 
 def _save(fig, out_dir: Path, name: str, caption: str) -> Figure:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out_dir / name, dpi=110)
-    plt.close(fig)
-    return Figure(name, caption, SECTION)
+    return save_figure(fig, out_dir, name, caption, SECTION)
 
 
 def _heads_and_mean(ax, per_head, label: str | None = None, colour: str = "tab:blue") -> None:

@@ -17,18 +17,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 import numpy as np  # noqa: E402
 
-from vitjax.report.html import Figure  # noqa: E402
+from vitjax.report.html import Figure, save_figure  # noqa: E402
 
 SECTION = "features"
 
 
 def _save(fig, out_dir: Path, name: str, caption: str) -> Figure:
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(out_dir / name, dpi=110)
-    plt.close(fig)
-    return Figure(name, caption, SECTION)
+    return save_figure(fig, out_dir, name, caption, SECTION)
 
 
 def _label_ticks(ax, axis: str, names) -> None:

@@ -20,6 +20,18 @@ class Figure:
     section: str = "figures"
 
 
+def save_figure(fig, out_dir, name: str, caption: str, section: str) -> Figure:
+    """Saves a matplotlib figure as OUT/name (tight layout, 110 dpi), closes it, returns its Figure."""
+    import matplotlib.pyplot as plt  # here, so the figure modules choose the backend first
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(out / name, dpi=110)
+    plt.close(fig)
+    return Figure(name, caption, section)
+
+
 def to_json(value):
     """Metrics (nested dicts of arrays and scalars) as JSON-ready Python; non-finite numbers become None."""
     if isinstance(value, dict):
