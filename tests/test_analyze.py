@@ -18,6 +18,7 @@ from PIL import Image
 
 import vitjax
 from vitjax import parallel
+from vitjax.config_files import parse_model
 from vitjax.analysis import config, presets, registry, run
 from vitjax.cli import main
 from vitjax.models.registry import Preprocess
@@ -224,4 +225,4 @@ def test_experiment_configs_load_and_name_known_analyses(path):
     assert analyses and all(a.name in registry.ANALYSES for a in analyses)
     assert f"vitjax analyze --config experiments/{path.parent.name}/{path.name}" in path.read_text()
     for model in settings["models"] or ():
-        vitjax.lookup(run.parse_model(model)[0])
+        vitjax.lookup(parse_model(model)[0])

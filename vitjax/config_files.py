@@ -1,4 +1,5 @@
-"""Python config files (experiments/*.py): running one, and reading one into an options dataclass.
+"""Python config files (experiments/*.py): running one, reading one into an options dataclass, and
+the NAME[:CHECKPOINT] and DATASET[:SPLIT] specs that configs and command lines name models and data by.
 
 A config file defines `get_config()` returning an ml_collections.ConfigDict (big_vision's style),
 and its docstring holds the command that runs it. `vitjax train` merges it into the trainer's
@@ -41,3 +42,22 @@ def options_from(options_class, config_file: str | None, overrides: dict):
     if "models" in values:
         values["models"] = tuple(values["models"])
     return options_class(**values)
+
+
+def parse_model(text: str) -> tuple[str, str | None]:
+    """'NAME[:CHECKPOINT]' -> (name, checkpoint or None)."""
+    name, sep, checkpoint = text.partition(":")
+    if not name or (sep and not checkpoint):
+        raise ValueError(f"--model takes NAME[:CHECKPOINT], got {text!r}")
+    return name, checkpoint or None
+
+
+def parse_data(text: str, default_split: str | None = "test") -> tuple[str, str | None]:
+    """'DATASET[:SPLIT]' -> (dataset, split); 'folder:/path[:SPLIT]' keeps its prefix."""
+    from vitjax.data.sources import FOLDER_PREFIX
+
+    if text.startswith(FOLDER_PREFIX):
+        path, sep, split = text[len(FOLDER_PREFIX):].partition(":")
+        return FOLDER_PREFIX + path, split if sep else None
+    dataset, sep, split = text.partition(":")
+    return dataset, split if sep else default_split

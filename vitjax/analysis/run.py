@@ -45,6 +45,7 @@ from tqdm import tqdm
 from vitjax import parallel
 from vitjax.analysis.base import Analysis
 from vitjax.capture import Capture, Output
+from vitjax.config_files import parse_data, parse_model
 from vitjax.models.registry import Preprocess
 from vitjax.models.vit import ViTConfig
 
@@ -89,25 +90,6 @@ def label_analyses(analyses: Sequence) -> dict[str, Any]:
             raise ValueError(f"analysis {label} is listed twice with the same options")
         labelled[label] = analysis
     return labelled
-
-
-def parse_model(text: str) -> tuple[str, str | None]:
-    """'NAME[:CHECKPOINT]' -> (name, checkpoint or None)."""
-    name, sep, checkpoint = text.partition(":")
-    if not name or (sep and not checkpoint):
-        raise ValueError(f"--model takes NAME[:CHECKPOINT], got {text!r}")
-    return name, checkpoint or None
-
-
-def parse_data(text: str, default_split: str | None = "test") -> tuple[str, str | None]:
-    """'DATASET[:SPLIT]' -> (dataset, split); 'folder:/path[:SPLIT]' keeps its prefix."""
-    from vitjax.data.sources import FOLDER_PREFIX
-
-    if text.startswith(FOLDER_PREFIX):
-        path, sep, split = text[len(FOLDER_PREFIX):].partition(":")
-        return FOLDER_PREFIX + path, split if sep else None
-    dataset, sep, split = text.partition(":")
-    return dataset, split if sep else default_split
 
 
 @dataclasses.dataclass
@@ -503,4 +485,4 @@ def batches_of(arrays: dict[str, np.ndarray], sizes: Sequence[int], mesh) -> Ite
 
 
 __all__ = ["DEFAULT_DATA", "DEFAULT_MODELS", "ModelPlan", "NonFiniteOutput", "PairPlan", "Pass", "Result",
-           "analyze", "batches_of", "label_analyses", "parse_data", "parse_model", "plan"]
+           "analyze", "batches_of", "label_analyses", "plan"]

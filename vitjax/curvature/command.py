@@ -15,6 +15,8 @@ from pathlib import Path
 
 import jax
 
+from vitjax.config_files import parse_data, parse_model
+
 DEFAULT_MODELS = ("vit_scenes_patch8_64", "resnet_scenes_64")
 
 
@@ -56,16 +58,15 @@ def run(options: Options) -> Path:
     from vitjax.report import figures_curvature as figures
     from vitjax.report.html import write_report
 
-    data, _, split = options.data.partition(":")
-    split = split or "train"
+    data, split = parse_data(options.data, "train")
     key = jax.random.key(options.seed)
     mixing = {} if options.mix else {"mixup_alpha": 0.0, "cutmix_alpha": 0.0}
     metrics: dict = {"settings": dataclasses.asdict(options), "models": {}}
     spectra, densities, traces = {}, {}, {}
     objective = ""
     for entry in options.models:
-        name, _, checkpoint = entry.partition(":")
-        model, params = vitjax.load(name, checkpoint or None)
+        name, checkpoint = parse_model(entry)
+        model, params = vitjax.load(name, checkpoint)
         label = vitjax.lookup(name).name + (f":{Path(checkpoint).name}" if checkpoint else "")
         started = time.perf_counter()
         batches = fixed_batches(data, split, name, num_batches=options.num_batches, batch_size=options.batch_size,

@@ -15,6 +15,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
+from vitjax.config_files import parse_data, parse_model
 from vitjax.curvature.command import DEFAULT_MODELS
 
 
@@ -64,14 +65,9 @@ def _load(entry: str):
     """'NAME' or 'NAME:CHECKPOINT' -> (label, registry name, model, params)."""
     import vitjax
 
-    name, _, checkpoint = entry.partition(":")
-    model, params = vitjax.load(name, checkpoint or None)
+    name, checkpoint = parse_model(entry)
+    model, params = vitjax.load(name, checkpoint)
     return (entry if checkpoint else vitjax.lookup(name).name), name, model, params
-
-
-def _split(data: str, default: str) -> tuple[str, str]:
-    dataset, _, split = data.partition(":")
-    return dataset, split or default
 
 
 def run_landscape(options: LandscapeOptions) -> Path:
@@ -84,7 +80,7 @@ def run_landscape(options: LandscapeOptions) -> Path:
 
     if options.dims not in (1, 2):
         raise ValueError(f"dims must be 1 or 2, got {options.dims}")
-    data, split = _split(options.data, "train")
+    data, split = parse_data(options.data, "train")
     results, metrics, objective = {}, {"settings": dataclasses.asdict(options), "models": {}}, ""
     for entry in options.models:
         label, name, model, params = _load(entry)
@@ -138,7 +134,7 @@ def run_frequency(options: FrequencyOptions) -> Path:
     from vitjax.report import figures_frequency
     from vitjax.report.html import write_report
 
-    data, split = _split(options.data, "test")
+    data, split = parse_data(options.data, "test")
     bands, heat_maps = {}, {}
     metrics = {"settings": dataclasses.asdict(options), "models": {}}
     for entry in options.models:
