@@ -4,6 +4,8 @@ prefix tokens, non-square grids and padding rows; streaming and merging; a real 
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 
 import jax
@@ -64,15 +66,24 @@ def make_output(attn, layout) -> Output:
     return Output(zeros[:, 0], zeros, None, None, tuple({"attn": jnp.asarray(a)} for a in attn), layout)
 
 
-@jax.jit
 def update_all(states, output, batch):
-    """Every analysis updated in one compiled function, as the runner does."""
+    """Every analysis updated in one function, as the runner's compiled step does."""
     return [analysis.update(state, output, batch) for analysis, state in zip(ANALYSES, states)]
 
 
-def run_all(attn, layout, batch) -> list:
+def run_all(attn, layout, batch, compiled=jax.jit(update_all)) -> list:
     output = make_output(attn, layout)
-    return update_all([analysis.init(output) for analysis in ANALYSES], output, batch)
+    return compiled([analysis.init(output) for analysis in ANALYSES], output, batch)
+
+
+@contextlib.contextmanager
+def one_device_code():
+    """Traces as on a machine with one device, where the attention sums over images run as a loop
+    over images (attention_tokens._image_sums) instead of the sharded batch reduction the 8 test
+    devices select. Yields a fresh jit of update_all, so no trace of the 8-device code is reused."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jax, "device_count", lambda *args: 1)
+        yield jax.jit(lambda states, output, batch: update_all(states, output, batch))
 
 
 def run(analysis, attn, layout, batch):
@@ -85,9 +96,11 @@ def expected(analysis, attn, layout, valid, masks) -> dict[str, np.ndarray]:
     images = [b for b in range(attn.shape[1]) if valid[b]]
     per = lambda fn: np.array([np.mean([fn(attn[l, b]) for b in images], axis=0) for l in range(attn.shape[0])])
     name = analysis.name
+    p = layout.num_prefix
+    prefix_rows = per(lambda a: (a[:, p:, p:].sum(-1) == 0).sum(-1))  # patch rows with no patch mass
     if name == "attention_distance":
         d = per(lambda a: oracle.distance(a, layout, analysis.units))
-        return {"distance": d, "distance_mean": d.mean(1)}
+        return {"distance": d, "distance_mean": d.mean(1), "prefix_rows": prefix_rows}
     if name == "attention_entropy":
         e = per(lambda a: oracle.entropy(a, layout))
         return {"entropy": e, "entropy_mean": e.mean(1)}
@@ -113,7 +126,7 @@ def expected(analysis, attn, layout, valid, masks) -> dict[str, np.ndarray]:
             count = len(range(0, len(images), analysis.batch_size)) * queries
         offsets = np.array([[oracle.offset(c) for c in block] for block in sums])  # (L, H, 3)
         return {"aaam": sums / count, "offset": offsets[..., 0], "offset_x": offsets[..., 1],
-                "offset_y": offsets[..., 2]}
+                "offset_y": offsets[..., 2], "prefix_rows": prefix_rows}
     if name == "saliency_alignment":
         scores = [[oracle.saliency_iou(attn[l, b], layout, masks[b], analysis.map, analysis.mass) for b in images]
                   for l in range(attn.shape[0])]
@@ -128,12 +141,22 @@ def check(metrics, want, atol=2e-6):
         np.testing.assert_allclose(np.asarray(metrics[key], np.float64), value, rtol=2e-5, atol=atol, err_msg=key)
 
 
-@pytest.fixture(scope="module", params=sorted(LAYOUTS))
+@pytest.fixture(scope="module", params=[(layout, devices) for layout in sorted(LAYOUTS) for devices in ("8dev", "1dev")],
+                ids=lambda param: "-".join(param))
 def data(request):
     """Random maps for 6 images (image 3 padding, filled with NaN), and every analysis's metrics on all 6
-    at once and on the halves 0-2 and 3-5 updated separately and merged (computed once per layout)."""
-    layout = LAYOUTS[request.param]
-    rng = np.random.default_rng(len(request.param))
+    at once and on the halves 0-2 and 3-5 updated separately and merged (computed once per layout),
+    by the code traced for 8 devices and for one (`one_device_code`)."""
+    name, devices = request.param
+    if devices == "1dev":
+        with one_device_code() as compiled:
+            return compute_data(name, functools.partial(run_all, compiled=compiled))
+    return compute_data(name, run_all)
+
+
+def compute_data(name, run_all):
+    layout = LAYOUTS[name]
+    rng = np.random.default_rng(len(name))
     attn = random_attention(rng, blocks=2, batch=6, heads=3, layout=layout)
     valid = np.array([True, True, True, False, True, True])
     attn[:, ~valid] = np.nan  # padding rows must not count, whatever they hold
@@ -184,7 +207,7 @@ def test_a_batch_sharded_over_8_devices_gives_the_single_device_state():
                 np.testing.assert_allclose(many[key], one[key], rtol=1e-6, atol=1e-6, err_msg=f"{analysis.name} {key}")
 
 
-@pytest.mark.parametrize("data", ["cls_dist_reg2_3x5"], indirect=True)
+@pytest.mark.parametrize("data", [("cls_dist_reg2_3x5", "8dev")], indirect=True)
 def test_every_plot_writes_its_pngs(data, tmp_path):
     from vitjax.report import figures_attention
 
@@ -192,6 +215,21 @@ def test_every_plot_writes_its_pngs(data, tmp_path):
         figures = getattr(figures_attention, f"plot_{analysis.name}")(metrics, tmp_path, "model")
         assert figures and all((tmp_path / f.path).stat().st_size > 1000 for f in figures)
         assert all(f.section == "attention" and f.path.startswith("model_") for f in figures)
+
+
+def test_attention_distance_and_aaam_share_one_read_of_the_maps():
+    """Both sum the renormalised rows over images; in one step XLA must compute that once per block
+    (on one device: one loop over images per block, not two)."""
+    layout = LAYOUTS["cls_4x4"]
+    attn = random_attention(np.random.default_rng(0), blocks=3, batch=4, heads=2, layout=layout)
+    output, batch = make_output(attn, layout), {"valid": jnp.ones(4, bool)}
+    analyses = [A.AttentionDistance(), A.AlignedAttentionMaps()]
+    states = [a.init(output) for a in analyses]
+    with one_device_code():
+        step = jax.jit(lambda s, o, b: [a.update(x, o, b) for a, x in zip(analyses, s)])
+        compiled = step.lower(states, output, batch).compile().as_text()
+    loops = compiled.count(" while(")
+    assert loops == 3, f"{loops} loops over images for 3 blocks"
 
 
 def test_rows_with_all_mass_on_prefix_tokens_are_zero_rows_that_count():

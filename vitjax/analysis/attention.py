@@ -85,7 +85,8 @@ class AttentionDistance(PerImageMean):
     units='pixels' (cl-vs-mim): d = Euclidean distance in pixels (row x patch_h, col x patch_w);
         1e-32 is added to every patch entry before renormalising (all-prefix rows become uniform).
     The two are not comparable. Metrics: 'distance' (L, H), 'distance_mean' (L,) over heads,
-    'num_images', 'units'.
+    'prefix_rows' (L, H): patch rows per image whose mass was all on prefix tokens (mean; under
+    'unit_square' they count as distance 0), 'num_images', 'units'.
     """
 
     name: ClassVar[str] = "attention_distance"
@@ -102,15 +103,20 @@ class AttentionDistance(PerImageMean):
     def per_image(self, attn, layout):
         distance, eps = self._distances(layout)
         per_query = jnp.einsum("bhqk,qk->bhq", renormalise_patch_rows(attn, layout, eps), distance, precision=HIGHEST)
-        return {"distance": per_query.mean(-1)}
+        prefix_rows = (patch_block(attn, layout).sum(-1) == 0).sum(-1, dtype=jnp.float32)
+        return {"distance": per_query.mean(-1), "prefix_rows": prefix_rows}
 
     def update(self, state, output: Output, batch: dict):
         # The metric is linear in the renormalised rows, so summing the rows over images first
-        # gives the same sum of per-image means in one read of each attention block.
+        # gives the same sum of per-image means in one read of each attention block; the read is
+        # shared with AAAM when both run in one step (same call, same outputs used).
         distance, eps = self._distances(output.layout)
-        sums = [jnp.einsum("hqk,qk->h", summed_patch_rows(attn, output.layout, batch["valid"], eps), distance,
-                           precision=HIGHEST) / distance.shape[0] for attn in attention_maps(output, self.name)]
-        return {"sums": {"distance": state["sums"]["distance"] + jnp.stack(sums)},
+        sums = {"distance": [], "prefix_rows": []}
+        for attn in attention_maps(output, self.name):
+            rows, empty = summed_patch_rows(attn, output.layout, batch["valid"], eps)
+            sums["distance"].append(jnp.einsum("hqk,qk->h", rows, distance, precision=HIGHEST) / distance.shape[0])
+            sums["prefix_rows"].append(empty)
+        return {"sums": {key: state["sums"][key] + jnp.stack(value) for key, value in sums.items()},
                 "count": state["count"] + count_valid(batch)}
 
     def finalize(self, state):

@@ -148,9 +148,9 @@ class AlignedAttentionMaps(Analysis):
         layout, valid = output.layout, batch["valid"]
         canvases, prefix_rows = [], []
         for attn in attention_maps(output, self.name):
-            canvases.append(aligned_canvas(summed_patch_rows(attn, layout, valid), layout.grid))
-            empty = (patch_block(attn, layout).sum(-1) == 0).sum(-1, dtype=jnp.float32)  # (B, H)
-            prefix_rows.append(valid_sum(empty, valid))
+            rows, empty = summed_patch_rows(attn, layout, valid)
+            canvases.append(aligned_canvas(rows, layout.grid))
+            prefix_rows.append(empty)
         return {"canvas": state["canvas"] + jnp.stack(canvases),
                 "prefix_rows": state["prefix_rows"] + jnp.stack(prefix_rows),
                 "count": state["count"] + count_valid(batch)}

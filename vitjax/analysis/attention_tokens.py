@@ -71,21 +71,47 @@ def renormalise_patch_rows(attn: jax.Array, layout: TokenLayout, eps: float = 0.
     return renormalise(patch_block(attn, layout), eps)
 
 
-def summed_patch_rows(attn: jax.Array, layout: TokenLayout, valid: jax.Array, eps: float = 0.0) -> jax.Array:
-    """The renormalised patch rows summed over the valid images, (H, Q, K).
+def summed_patch_rows(attn: jax.Array, layout: TokenLayout, valid: jax.Array,
+                      eps: float = 0.0) -> tuple[jax.Array, jax.Array]:
+    """The renormalised patch rows summed over the valid images (H, Q, K), and how many valid patch
+    rows had no patch mass at all (H,) (they stay zero rows under eps = 0, turn uniform under eps > 0).
 
-    Equal to `valid_sum(renormalise_patch_rows(attn, layout, eps), valid)`, but each row is scaled
-    by its reciprocal patch mass inside the sum, so the (B, H, N, N) block is read once and never
-    rewritten: for metrics linear in the rows (AAAM, mean attention distance) this is the whole
-    cost. Prefix keys are masked rather than sliced off before the sum over images (XLA on CPU
-    runs that fused reduction about twice as fast on the unsliced block); the prefix rows and
-    columns of the (H, N, N) sum are dropped at the end.
+    The rows equal `valid_sum(renormalise_patch_rows(attn, layout, eps), valid)`. For metrics linear
+    in the rows (AAAM, mean attention distance) this sum is the whole cost, so each row is scaled by
+    its reciprocal patch mass inside the sum and the maps are read at memory speed (see
+    `_image_sums`). Prefix keys are masked rather than sliced off; the prefix rows and columns are
+    dropped at the end. Analyses that call this with the same arguments in one jitted step share
+    the work (XLA merges identical computations).
     """
-    patches = layout.patch_slice
-    valid = valid.reshape(valid.shape + (1,) * (attn.ndim - 1))
-    attn = jnp.where(valid, attn, 0.0)  # padding rows may hold anything, NaN included
     is_patch_key = (jnp.arange(attn.shape[-1]) >= layout.num_prefix).astype(attn.dtype)
-    total = (attn * is_patch_key).sum(-1, keepdims=True) + eps * layout.num_patches
-    scale = jnp.where(valid & (total > 0), 1.0 / jnp.where(total > 0, total, 1.0), 0.0)  # zero rows stay zero
-    summed = (attn * scale).sum(0)[..., patches, patches]
-    return summed + eps * scale.sum(0)[..., patches, :] if eps else summed
+
+    def image_terms(image, counted):
+        """One image's (or a batch's) scaled rows, row scales and zero-mass patch-row counts."""
+        counted = counted.reshape(counted.shape + (1,) * (image.ndim - counted.ndim))
+        image = jnp.where(counted, image, 0.0)  # padding rows may hold anything, NaN included
+        mass = (image * is_patch_key).sum(-1, keepdims=True)
+        total = mass + eps * layout.num_patches
+        scale = jnp.where(counted & (total > 0), 1.0 / jnp.where(total > 0, total, 1.0), 0.0)  # zero rows stay zero
+        no_mass = (counted & (mass == 0)) * is_patch_key[:, None]
+        return image * scale, scale, no_mass.sum((-2, -1))
+
+    rows, scales, empty = _image_sums(image_terms, attn, valid)
+    patches = layout.patch_slice
+    rows = rows[..., patches, patches]
+    return (rows + eps * scales[..., patches, :] if eps else rows), empty
+
+
+def _image_sums(terms, attn: jax.Array, valid: jax.Array):
+    """The sums over the batch of `terms(image, valid)`, a tuple of arrays.
+
+    On one device, a loop over images: each image's (H, N, N) block is read once from memory and
+    again from cache, where XLA:CPU's reduction over the leading (batch) axis strides across
+    images and ran 4x slower. With the batch sharded over devices, the batched terms are summed
+    over axis 0 instead, which XLA splits into per-device partial sums and one all-reduce (the
+    loop would gather every device's maps).
+    """
+    if jax.device_count() > 1:
+        return tuple(term.sum(0) for term in terms(attn, valid))
+    first = terms(attn[0], valid[0])
+    return jax.lax.fori_loop(1, attn.shape[0], lambda i, sums: tuple(
+        total + term for total, term in zip(sums, terms(attn[i], valid[i]))), first)
