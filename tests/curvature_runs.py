@@ -59,10 +59,11 @@ def results(mesh=None) -> dict[str, np.ndarray]:
     op = hessian_operator(mlp_loss, params, mlp_batches(sizes=(16, 12), dtype=np.float32), weight_decay=0.01,
                           mesh=mesh)
     hv = parallel.to_host(op.matvec(direction(params)))
+    linearized = parallel.to_host(op.linearized().matvec(direction(params)))
     power = power_iteration(op.matvec, op.params, jax.random.PRNGKey(0), max_iter=30, tol=0)
     top = lanczos(op.matvec, op.params, jax.random.PRNGKey(1), num_steps=20, k=2, which="both")
     flat = lambda tree: np.concatenate([np.ravel(x) for x in jax.tree.leaves(tree)])
-    return {"hv": flat(hv), "loss": np.array(op.loss()), "grad": flat(parallel.to_host(op.grad())),
+    return {"hv": flat(hv), "hv_linearized": flat(linearized), "loss": np.array(op.loss()), "grad": flat(parallel.to_host(op.grad())),
             "power": power.values, "lanczos": top.values, "devices": np.array(op.mesh.devices.size), "examples": np.array(op.num_examples)}
 
 

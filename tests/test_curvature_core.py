@@ -51,12 +51,13 @@ def relative(a, b) -> float:
 # --- the operator ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("mode", ["fwd_rev", "rev_rev"])
-def test_hvp_loss_and_grad_equal_exact_hessian_float64(x64, mode):
+@pytest.mark.parametrize("mode, linearize", [("fwd_rev", False), ("rev_rev", False), ("fwd_rev", True)])
+def test_hvp_loss_and_grad_equal_exact_hessian_float64(x64, mode, linearize):
     """Three batches of 5, 7 and 4 examples (padded to 7 rows), weighted by size, equal one
-    concatenated batch of 16 through jax.hessian."""
+    concatenated batch of 16 through jax.hessian; also from a stored linearization."""
     params, batches = mlp_params(), mlp_batches()
-    op = hessian_operator(mlp_loss, params, batches, mode=mode, mesh=ONE)
+    op = hessian_operator(mlp_loss, params, batches, mode=mode, mesh=ONE, linearize=linearize)
+    assert (op.linearization is not None) == linearize
     assert op.batches["x"].shape == (3, 7, 4) and op.num_examples == 16
     whole = concatenated(batches)
     hessian = exact_hessian(mlp_loss, params, whole)
@@ -86,6 +87,20 @@ def test_weight_decay_adds_exactly_lambda(x64):
     np.testing.assert_allclose(flat(decayed.matvec(v)) - flat(plain.matvec(v)), lam * flat(v), rtol=0, atol=1e-12)
     np.testing.assert_allclose(decayed.loss() - plain.loss(), lam / 2 * np.sum(flat(params) ** 2), rtol=1e-12)
     np.testing.assert_allclose(flat(decayed.grad()) - flat(plain.grad()), lam * flat(params), atol=1e-12)
+
+
+def test_linearized_operator_keeps_weight_decay_and_products_of_new_vectors(x64):
+    params, batches, lam = mlp_params(), mlp_batches(), 0.37
+    plain = hessian_operator(mlp_loss, params, batches, mesh=ONE, weight_decay=lam)
+    kept = plain.linearized()
+    assert kept.linearized() is kept
+    for seed in range(3):  # the stored residuals serve any vector
+        v = direction(params, seed=seed)
+        assert relative(flat(kept.matvec(v)), flat(plain.matvec(v))) < 1e-12
+    loss, grad, hv = kept.products(v)
+    assert abs(float(loss) - plain.loss()) < 1e-12 and relative(flat(grad), flat(plain.grad())) < 1e-12
+    with pytest.raises(ValueError, match="forward-over-reverse"):
+        hessian_operator(mlp_loss, params, batches, mesh=ONE, mode="rev_rev").linearized()
 
 
 def test_float32_hvp_within_1e4_of_float64_hessian():
@@ -280,7 +295,7 @@ def test_eight_devices_equal_one(one_device):
     """Batch split 8 ways (4 data x 2 fsdp) and params sharded FSDP-style, against one device."""
     eight, one = results(parallel.make_mesh(fsdp=2)), one_device
     assert eight["devices"] == 8 and one["devices"] == 1 and eight["examples"] == one["examples"] == 28
-    for name in ("hv", "loss", "grad", "power", "lanczos"):
+    for name in ("hv", "hv_linearized", "loss", "grad", "power", "lanczos"):
         np.testing.assert_allclose(eight[name], one[name], rtol=2e-5, err_msg=name)
 
 
@@ -294,5 +309,5 @@ def test_two_processes_equal_one_device(tmp_path, one_device):
         assert p.returncode == 0, output
     two, one = dict(np.load(out)), one_device
     assert two["devices"] == 8 and two["examples"] == 28  # each example counted once, not once per process
-    for name in ("hv", "loss", "grad", "power", "lanczos"):
+    for name in ("hv", "hv_linearized", "loss", "grad", "power", "lanczos"):
         np.testing.assert_allclose(two[name], one[name], rtol=2e-5, err_msg=name)

@@ -165,7 +165,8 @@ def _exact_hessian(params, batch, weight_decay):
     return np.asarray(jax.hessian(loss)(flat))
 
 
-def test_max_eigenvalue_spectra_equal_eigh_top_magnitudes_per_batch(x64):
+@pytest.mark.parametrize("linearize", [False, True])
+def test_max_eigenvalue_spectra_equal_eigh_top_magnitudes_per_batch(x64, linearize):
     import jax.flatten_util  # noqa: F401
 
     from vitjax.curvature.spectra import max_eigenvalue_spectra
@@ -173,7 +174,7 @@ def test_max_eigenvalue_spectra_equal_eigh_top_magnitudes_per_batch(x64):
     model, params, batches = _tiny_problem()
     k, weight_decay = 2, 0.01
     result = max_eigenvalue_spectra(model, params, batches, k=k, max_iter=300, tol=1e-9,
-                                    weight_decay=weight_decay, progress=False)
+                                    weight_decay=weight_decay, progress=False, linearize=linearize)
     assert result["eigenvalues"].shape == (len(batches), k)
     for index, batch in enumerate(batches):
         exact = np.linalg.eigvalsh(_exact_hessian(params, batch, weight_decay))
@@ -233,12 +234,13 @@ def test_vitjax_curvature_writes_every_file_with_finite_metrics(tmp_path):
                  "--data", "vitjax_scenes/size64_train40_test40_cue20_seed0:train",
                  "--data-dir", str(tmp_path / "data"), "--num-batches", "1", "--batch-size", "8", "--top-k", "2",
                  "--max-iter", "4", "--density", "--slq-probes", "2", "--slq-steps", "3", "--trace",
-                 "--trace-max-matvecs", "3", "--out", str(out)])
+                 "--trace-max-matvecs", "3", "--linearize", "--out", str(out)])
     assert code == 0
     for name in ("metrics.json", "index.html", "max_eigenvalue_spectra.png", "slq_density.png", "trace.png"):
         assert (out / name).stat().st_size > 0, name
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["models"]) == ["vit_scenes_patch8_64:vit_scenes_patch8_64"]
+    assert metrics["settings"]["linearize"] is True  # the operators kept their linearizations
     for model in metrics["models"].values():
         eigenvalues = np.asarray(model["spectra"]["eigenvalues"], float)
         assert eigenvalues.shape == (1, 2) and np.isfinite(eigenvalues).all()

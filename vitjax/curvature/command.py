@@ -42,6 +42,7 @@ class Options:
     trace: bool = False
     trace_rtol: float = 0.05
     trace_max_matvecs: int = 30
+    linearize: bool = False  # keep each operator's linearization: faster products, more memory
     seed: int = 0
     out: str = "runs/curvature"
 
@@ -75,14 +76,15 @@ def run(options: Options) -> Path:
         started = time.perf_counter()
         spectra[label] = max_eigenvalue_spectra(model, params, batches, k=options.top_k, max_iter=options.max_iter,
                                                 tol=options.tol, weight_decay=options.weight_decay,
-                                                key=jax.random.fold_in(key, 0))
+                                                key=jax.random.fold_in(key, 0), linearize=options.linearize)
         timings["spectra_s"] = time.perf_counter() - started
         objective = spectra[label]["objective"]
         results = {"spectra": spectra[label], "timings": timings}
         if options.density or options.trace:
             # One operator over all the batches (their size-weighted mean loss) for the density and trace.
             loss_fn = classification_objective(model, weight_decay=options.weight_decay)
-            operator = hessian_operator(loss_fn, params, batches, wrt=trainable_mask(params))
+            operator = hessian_operator(loss_fn, params, batches, wrt=trainable_mask(params),
+                                        linearize=options.linearize)
             results["dim"] = operator.dim
         if options.density:
             started = time.perf_counter()
