@@ -23,7 +23,7 @@ import numpy as np
 
 import vitjax
 from vitjax import parallel
-from vitjax.analysis import registry, run
+from vitjax.analysis import inputs, registry, run
 
 FINALIZE_HEAVY = ("clustering", "probes")
 
@@ -56,7 +56,7 @@ def main() -> None:
             "label": rng.integers(0, 10, args.images).astype(np.int32), "valid": np.ones(args.images, bool)}
     mesh = parallel.make_mesh()
     sizes = [args.batch_size] * -(-args.images // args.batch_size)
-    batches = list(run.batches_of(data, sizes, mesh))
+    batches = list(inputs.batches_of(data, sizes, mesh))
 
     forward = jax.jit(lambda p, x: model.apply({"params": p}, x).pooled)
 

@@ -221,8 +221,8 @@ def test_attention_distance_and_aaam_share_one_read_of_the_maps():
     """Both sum the renormalised rows over images; in one step XLA must compute that once per block
     (on one device: one loop over images per block, not two)."""
     layout = LAYOUTS["cls_4x4"]
-    attn = random_attention(np.random.default_rng(0), blocks=3, batch=4, heads=2, layout=layout)
-    output, batch = make_output(attn, layout), {"valid": jnp.ones(4, bool)}
+    attn = random_attention(np.random.default_rng(0), blocks=3, batch=8, heads=2, layout=layout)
+    output, batch = make_output(attn, layout), {"valid": jnp.ones(8, bool)}  # 2 loop steps of 4 images
     analyses = [A.AttentionDistance(), A.AlignedAttentionMaps()]
     states = [a.init(output) for a in analyses]
     with one_device_code():

@@ -19,7 +19,7 @@ from PIL import Image
 import vitjax
 from vitjax import parallel
 from vitjax.config_files import parse_model
-from vitjax.analysis import config, presets, registry, run
+from vitjax.analysis import config, inputs, presets, registry, run
 from vitjax.cli import main
 from vitjax.models.registry import Preprocess
 from vitjax.report.figures import file_prefix, plots
@@ -83,7 +83,7 @@ def test_streamed_merged_and_sharded_runs_equal_one_batch_for_every_analysis():
         """Each chunk of images as one batch of 16 rows (padding rows after the chunk)."""
         on.reset()
         for chunk in chunks:
-            for batch in run.batches_of({k: v[chunk] for k, v in data.items()}, [16], mesh):
+            for batch in inputs.batches_of({k: v[chunk] for k, v in data.items()}, [16], mesh):
                 on.feed(batch)
         return on
 
@@ -192,7 +192,7 @@ def test_nan_in_a_block_is_reported_with_that_block():
     mesh = parallel.make_mesh()
     one_pass = run.Pass(plans, [], mesh)
     with pytest.raises(run.NonFiniteOutput, match=r"model tiny produced NaN or inf on images 0-7 .*first in block 1 "):
-        for batch in run.batches_of(synthetic_data(8), [8], mesh):
+        for batch in inputs.batches_of(synthetic_data(8), [8], mesh):
             one_pass.feed(batch)
 
 
