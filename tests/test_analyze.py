@@ -136,6 +136,7 @@ def test_cli_report_has_every_figure_and_finite_metrics(tmp_path):
     block_outputs = {label for label, a in labelled.items() if a.name == "cka" and a.taps == {"tokens"}}
     assert block_outputs | {"clustering", "singular_values"} <= set(metrics["models"][resnet])
     assert set(metrics["pairs"][f"{vit} vs {resnet}"]) == {"cka_between"}
+    assert metrics["pairs"][f"{vit} vs {resnet}"]["cka_between"]["models"] == [vit, resnet]  # the heatmap's axes
 
     page = (out / "index.html").read_text()
     shown = re.findall(r"<img src='([^']+)'>", page)

@@ -354,8 +354,13 @@ class Pass:
             return {k: {m: np.asarray(v) for m, v in a.finalize(s).items()}
                     for (k, a), s in zip(analyses.items(), host)}
 
+        def named(pair: PairPlan, metrics: dict) -> dict:
+            # Each pair analysis's metrics carry the two models' labels, for axis labels and readers of metrics.json.
+            models = np.asarray([self.plans[pair.a].label, self.plans[pair.b].label])
+            return {key: {**values, "models": models} for key, values in metrics.items()}
+
         return {"models": {p.label: done(p.analyses, s) for p, s in zip(self.plans, self.states)},
-                "pairs": {p.label: done(p.analyses, s) for p, s in zip(self.pairs, self.pair_states)}}
+                "pairs": {p.label: named(p, done(p.analyses, s)) for p, s in zip(self.pairs, self.pair_states)}}
 
 
 def load_models(specs: Sequence[str]) -> list[tuple[str, Any, Any, Preprocess]]:

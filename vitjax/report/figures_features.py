@@ -57,11 +57,11 @@ def plot_cka(metrics: dict, out_dir: Path, prefix: str) -> list[Figure]:
 
 
 def plot_cka_between(metrics: dict, out_dir: Path, prefix: str) -> list[Figure]:
-    """`prefix` names the pair, e.g. 'modelA_vs_modelB' (then the axes are labelled with the names)."""
-    name_a, _, name_b = prefix.partition("_vs_")
-    fig = _heatmap(metrics["cka"], metrics["layers_a"], metrics["layers_b"], f"{name_a or 'model a'} layer",
-                   f"{name_b or 'model b'} layer", f"CKA between models ({int(metrics['minibatches'])} minibatches)")
-    return [_save(fig, out_dir, f"{prefix}_cka_between.png", f"{prefix}: CKA between the layers of two models.")]
+    """The axes are labelled with the two models' names (metrics['models'], set by the runner)."""
+    name_a, name_b = (str(name) for name in metrics.get("models", ("model a", "model b")))
+    fig = _heatmap(metrics["cka"], metrics["layers_a"], metrics["layers_b"], f"{name_a} layer",
+                   f"{name_b} layer", f"CKA between models ({int(metrics['minibatches'])} minibatches)")
+    return [_save(fig, out_dir, f"{prefix}_cka_between.png", f"{name_a} vs {name_b}: CKA between their layers.")]
 
 
 def _block_axis(ax) -> None:
