@@ -59,6 +59,28 @@ class Analysis:
         raise NotImplementedError
 
 
+class PairAnalysis:
+    """An analysis of two models on the same images (e.g. CKA between them); the protocol of
+    `Analysis` with two outputs: init(spec_a, spec_b), update(state, out_a, out_b, batch),
+    merge(a, b), finalize(state). `taps` are recorded in both models."""
+
+    name: ClassVar[str]
+    taps: ClassVar[frozenset[str]] = frozenset()
+    needs: ClassVar[frozenset[str]] = frozenset()
+
+    def init(self, spec_a: Output, spec_b: Output) -> State:
+        raise NotImplementedError
+
+    def update(self, state: State, out_a: Output, out_b: Output, batch: dict) -> State:
+        raise NotImplementedError
+
+    def merge(self, a: State, b: State) -> State:
+        return jax.tree_util.tree_map(jnp.add, a, b)
+
+    def finalize(self, state: State) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+
 # Helpers every sum-state analysis uses.
 
 def valid_sum(values: jax.Array, valid: jax.Array) -> jax.Array:

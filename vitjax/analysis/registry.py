@@ -13,8 +13,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 
 from vitjax.analysis import attention, clustering, norms, probes, similarity, spectral
-from vitjax.analysis.base import Analysis
-from vitjax.analysis.similarity import PairAnalysis
+from vitjax.analysis.base import Analysis, PairAnalysis
 
 MODULES = (attention, similarity, spectral, clustering, norms, probes)
 

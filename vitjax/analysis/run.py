@@ -43,7 +43,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vitjax import parallel
-from vitjax.analysis.base import Analysis
+from vitjax.analysis.base import Analysis, PairAnalysis
 from vitjax.analysis.inputs import open_limited, record_transform
 from vitjax.capture import Capture, Output
 from vitjax.config_files import parse_data, parse_model
@@ -61,8 +61,6 @@ class NonFiniteOutput(ValueError):
 
 def is_pair(analysis) -> bool:
     """Pair analyses (CKA between models) take two models' outputs: init(spec_a, spec_b)."""
-    from vitjax.analysis.similarity import PairAnalysis
-
     return isinstance(analysis, PairAnalysis)
 
 

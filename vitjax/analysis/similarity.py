@@ -33,10 +33,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vitjax.analysis.base import Analysis, State
+from vitjax.analysis.base import Analysis, PairAnalysis, State
 from vitjax.capture import Output
 
-__all__ = ["CKA", "CKABetween", "PairAnalysis"]
+__all__ = ["CKA", "CKABetween"]
 
 # The order in which a pre-norm block computes its token-shaped taps; layers are listed block by
 # block in this order (Teaching Matters' depth-wise CKA: norm1, norm2 of block 0, then of block 1, ...).
@@ -44,28 +44,6 @@ BLOCK_ORDER = ("norm1", "attn_branch", "norm2", "mlp_branch", "tokens")
 ESTIMATORS = ("teaching_matters", "linear")
 TOKEN_MODES = ("all", "cls", "patches")
 HIGHEST = jax.lax.Precision.HIGHEST
-
-
-class PairAnalysis:
-    """An analysis of two models on the same images (e.g. CKA between them); the protocol of
-    `base.Analysis` with two outputs: init(spec_a, spec_b), update(state, out_a, out_b, batch),
-    merge(a, b), finalize(state). `taps` are recorded in both models."""
-
-    name: ClassVar[str]
-    taps: ClassVar[frozenset[str]] = frozenset()
-    needs: ClassVar[frozenset[str]] = frozenset()
-
-    def init(self, spec_a: Output, spec_b: Output) -> State:
-        raise NotImplementedError
-
-    def update(self, state: State, out_a: Output, out_b: Output, batch: dict) -> State:
-        raise NotImplementedError
-
-    def merge(self, a: State, b: State) -> State:
-        return jax.tree_util.tree_map(jnp.add, a, b)
-
-    def finalize(self, state: State) -> dict[str, np.ndarray]:
-        raise NotImplementedError
 
 
 @dataclasses.dataclass(frozen=True)
