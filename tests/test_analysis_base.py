@@ -38,3 +38,24 @@ def test_report_writes_json_with_nonfinite_as_null_and_every_figure(tmp_path):
     page = index.read_text()
     assert "a.png" in page and "caption &lt;a&gt;" in page and "<h2>attention</h2>" in page
     assert to_json((np.float32(2.5),)) == [2.5]
+
+
+def test_every_registered_analysis_inits_under_jit_as_eagerly():
+    """The protocol says init is pure and jittable: for every analysis, its state built inside
+    jax.jit equals the eager one (a ViT with a class token, so every analysis can run)."""
+    import vitjax
+    from vitjax.analysis import registry
+    from vitjax.analysis.base import PairAnalysis
+
+    model, params = vitjax.create_model("vit_scenes_patch8_64", key=jax.random.key(0))
+    images = jnp.zeros((2, 64, 64, 3))
+    for name, cls in registry.ANALYSES.items():
+        analysis = cls()
+        spec = jax.eval_shape(lambda p, x, a=analysis: model.apply({"params": p}, x, capture=tuple(a.taps) or "tokens"),
+                              params, images)
+        specs = (spec, spec) if isinstance(analysis, PairAnalysis) else (spec,)
+        eager, traced = analysis.init(*specs), jax.jit(lambda a=analysis: a.init(*specs))()
+        assert jax.tree.structure(eager) == jax.tree.structure(traced), name
+        for x, y in zip(jax.tree.leaves(eager), jax.tree.leaves(traced)):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=name)
+

@@ -68,7 +68,7 @@ class Probes(NormOptions, ProbeOptions, Analysis):
 
     def init(self, spec: Output) -> dict:
         constants = layout_constants(spec, self.threshold_block)
-        tokens = spec.layers[int(constants["threshold_block"])]["tokens"]
+        tokens = spec.layers[token_blocks(spec, self.threshold_block)[1]]["tokens"]
         image = (*spec.layout.grid, *spec.layout.patch_size)
         height, width = image[0] * image[2], image[1] * image[3]
         return {"tokens": Buffer(self.capacity, tokens.shape[1:]).init(),

@@ -284,7 +284,7 @@ class Pass:
         return _abstract_output(plan.model, plan.params, plan.recipe.crop, self.captures[index].taps)
 
     def _init(self, analyses, specs) -> tuple:
-        # Eagerly, not under jit: some inits turn shapes into Python ints.
+        # Eagerly: inits only build small constant states, so there is nothing worth compiling.
         return jax.device_put(tuple(a.init(*specs) for a in analyses), self.replicated)
 
     def _model_step(self, index: int):
