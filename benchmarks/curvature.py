@@ -58,6 +58,7 @@ def main() -> None:
     from vitjax.curvature.eigen import power_iteration
     from vitjax.curvature.losses import ClassificationLoss
 
+    torch.manual_seed(0)  # the same random weights every run, so eigenvalues compare across runs
     reference = timm.create_model(args.model, pretrained=False).eval()
     for block in reference.blocks:
         block.attn.fused_attn = False
