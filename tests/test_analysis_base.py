@@ -59,3 +59,22 @@ def test_every_registered_analysis_inits_under_jit_as_eagerly():
         for x, y in zip(jax.tree.leaves(eager), jax.tree.leaves(traced)):
             np.testing.assert_array_equal(np.asarray(x), np.asarray(y), err_msg=name)
 
+
+def test_saved_figures_wrap_long_titles_inside_the_image(tmp_path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from vitjax.report.html import save_figure
+
+    fig, ax = plt.subplots(figsize=(4, 3))
+    ax.plot([0, 1])
+    ax.set_title("vit_scenes_patch8_64_attention_distance_units_pixels: attention distance (pixels)")
+    save_figure(fig, tmp_path, "long.png", "caption", "attention")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    box = ax.title.get_window_extent(FigureCanvasAgg(fig).get_renderer())  # the saved layout (fig is closed)
+    assert "\n" in ax.title.get_text()
+    assert box.x0 >= 0 and box.x1 <= fig.bbox.width, (box, fig.bbox)
+

@@ -6,6 +6,7 @@ import dataclasses
 import html
 import json
 import math
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -26,10 +27,21 @@ def save_figure(fig, out_dir, name: str, caption: str, section: str) -> Figure:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    _wrap_titles(fig)
     fig.tight_layout()
     fig.savefig(out / name, dpi=110)
     plt.close(fig)
     return Figure(name, caption, section)
+
+
+def _wrap_titles(fig) -> None:
+    """Axes titles wrapped to their axes' width: a model name with analysis options would run off
+    the image otherwise (about 0.6 of the font size per character)."""
+    for ax in fig.axes:
+        title = ax.title
+        if title.get_text():
+            width = ax.get_position().width * fig.get_figwidth() * 72  # points
+            title.set_text(textwrap.fill(title.get_text(), max(20, int(width / (0.6 * title.get_fontsize())))))
 
 
 def to_json(value):
