@@ -15,7 +15,6 @@ the finalize times and the bytes each analysis keeps between batches.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import jax
@@ -25,17 +24,9 @@ import vitjax
 from vitjax import parallel
 from vitjax.analysis import inputs, registry, run
 
+from forward_throughput import median_seconds  # benchmarks/ is the script's folder, so on sys.path
+
 FINALIZE_HEAVY = ("clustering", "probes")
-
-
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # compile
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def main() -> None:
@@ -78,8 +69,8 @@ def main() -> None:
 
     print(f"{args.model}, {args.images} images of {size} px, batch {args.batch_size}, {jax.device_count()} device(s) "
           f"({jax.devices()[0].platform}); analyses in the pass: {', '.join(plans[0].analyses)}")
-    t_plain = median_seconds(plain, args.repeats)
-    t_pass = median_seconds(analysed, args.repeats)
+    t_plain = median_seconds(plain, args.repeats, warmup=1)  # the warm-up compiles
+    t_pass = median_seconds(analysed, args.repeats, warmup=1)
     print(f"forward only:           {t_plain:7.2f} s  {args.images / t_plain:6.1f} images/s")
     print(f"forward + all analyses: {t_pass:7.2f} s  {args.images / t_pass:6.1f} images/s")
     print(f"ratio (goal <= 1.5x):   {t_pass / t_plain:7.2f}x")
