@@ -148,8 +148,9 @@ def _batch_loss(loss_fn, diff, const, batch):
     return loss_fn(merge(diff, const), batch).astype(jnp.result_type(jnp.float32, *jax.tree.leaves(diff)))
 
 
-def _decay(weight_decay, diff):
-    return 0.5 * weight_decay * vectors.dot(diff, diff)
+def _with_decay(weight_decay, diff, loss, grad):
+    """The loss and gradient with the analytic penalty weight_decay/2 |theta|^2 added."""
+    return loss + 0.5 * weight_decay * vectors.dot(diff, diff), vectors.axpy(weight_decay, diff, grad)
 
 
 @partial(jax.jit, static_argnums=0)
@@ -164,7 +165,7 @@ def _loss_and_grad(loss_fn, diff, const, batches, weights, weight_decay):
 
     start = (jnp.zeros((), weights.dtype), vectors.zeros_like(diff))
     (loss, grad), _ = jax.lax.scan(body, start, (batches, weights))
-    return loss + _decay(weight_decay, diff), vectors.axpy(weight_decay, diff, grad)
+    return _with_decay(weight_decay, diff, loss, grad)
 
 
 def _product_sums(loss_fn, mode, diff, const, batches, weights, weight_decay, v):
@@ -185,8 +186,7 @@ def _product_sums(loss_fn, mode, diff, const, batches, weights, weight_decay, v)
 
     start = (jnp.zeros((), weights.dtype), vectors.zeros_like(diff), vectors.zeros_like(diff))
     (loss, grad, hv), _ = jax.lax.scan(body, start, (batches, weights))
-    return (loss + _decay(weight_decay, diff), vectors.axpy(weight_decay, diff, grad),
-            vectors.axpy(weight_decay, v, hv))
+    return (*_with_decay(weight_decay, diff, loss, grad), vectors.axpy(weight_decay, v, hv))
 
 
 _products = jax.jit(_product_sums, static_argnums=(0, 1))
@@ -211,7 +211,7 @@ def _linearize(loss_fn, diff, const, batches, weights, weight_decay):
 
     values, grads, residuals = jax.lax.map(one, batches)
     grad = jax.tree.map(lambda g: jnp.tensordot(weights, g, 1), grads)
-    return weights @ values + _decay(weight_decay, diff), vectors.axpy(weight_decay, diff, grad), residuals
+    return (*_with_decay(weight_decay, diff, weights @ values, grad), residuals)
 
 
 @partial(jax.jit, static_argnums=0)
@@ -261,10 +261,10 @@ class HessianOperator:
 
     def matvec(self, v):
         """H v."""
-        args = (self.loss_fn, self.params, self.constants, self.batches, self.weights, self.weight_decay)
+        operands = (self.params, self.constants, self.batches, self.weights, self.weight_decay)
         if self.linearization is not None:
-            return _linearized_hvp(*args, self.linearization[2], self._placed(v))
-        return _hvp(self.loss_fn, self.mode, *args[1:], self._placed(v))
+            return _linearized_hvp(self.loss_fn, *operands, self.linearization[2], self._placed(v))
+        return _hvp(self.loss_fn, self.mode, *operands, self._placed(v))
 
     def products(self, v):
         """(loss, gradient, H v) from one pass over the batches."""
@@ -277,8 +277,8 @@ class HessianOperator:
         """This operator with the linearization of the gradient kept in memory (what PyHessian keeps
         with `create_graph=True`): each product then runs only its tangent half, about 2 gradients
         of time instead of 3 (ViT-S on CPU), while holding about 2.3x a gradient's peak memory per
-        batch for as long as the operator lives. For the many products of one eigenvalue or density estimate on
-        fixed batches; forward-over-reverse mode only."""
+        batch for as long as the operator lives. For the many products of one eigenvalue or density
+        estimate on fixed batches; forward-over-reverse mode only."""
         if self.mode != "fwd_rev":
             raise ValueError("linearized() keeps a forward-over-reverse linearization; the operator's mode is "
                              f"{self.mode!r}")
