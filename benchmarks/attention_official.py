@@ -30,6 +30,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "shims"))  # timm imports torchvision
 
+from train_step import interleaved_medians  # noqa: E402
+
 
 class OfficialAttentionDistance:
     """Teaching Matters' AttentionDistance approach: (b, L, H, N, N) maps in, per-image (L, H) out."""
@@ -178,18 +180,17 @@ def main() -> None:
     update = jax.jit(lambda states, out, b: [a.update(s, out, b) for a, s in zip(analyses, states)])
     states = [a.init(spec) for a in analyses]
     jax.block_until_ready(update(states, output, batch))  # compile
-    official_times, vitjax_times = [], []
-    for _ in range(9):
-        start = time.perf_counter()
+
+    def official_metrics_run():
         d, g = OfficialAttentionDistance(), OfficialAlignedAttention()
         for first in range(0, args.batch_size, args.official_batch):
             d.add(torch_maps[first:first + args.official_batch])
             g.add(torch_maps[first:first + args.official_batch])
-        official_times.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        jax.block_until_ready(update(states, output, batch))
-        vitjax_times.append(time.perf_counter() - start)
-    official_metrics, vitjax_metrics = float(np.median(official_times)), float(np.median(vitjax_times))
+
+    medians = interleaved_medians({"official": official_metrics_run,
+                                   "vitjax": lambda: jax.block_until_ready(update(states, output, batch))},
+                                  repeats=9, warmup=0)
+    official_metrics, vitjax_metrics = medians["official"], medians["vitjax"]
 
     print(f"end to end, {args.images} images: official approach (batch {args.official_batch}) {official_total:7.2f} s, "
           f"vitjax (batch {args.batch_size}) {vitjax_total:7.2f} s: {official_total / vitjax_total:5.1f}x")
