@@ -65,32 +65,25 @@ def _buffer_of(state: dict) -> Buffer:
     return Buffer(rows.shape[0], tuple(rows.shape[1:]), rows.dtype)
 
 
-def _align_rows(m: jax.Array) -> jax.Array:
-    """(..., n, n) indexed [i, j] -> (..., n, 2n-1) indexed [i, j - i + n - 1], zeros elsewhere.
-
-    Reversing j, padding each row to 2n and re-reading the first n(2n-1) entries as rows of 2n-1
-    shifts row i right by i: a dense copy (no scatter), so XLA does it at memory speed.
-    """
-    n = m.shape[-1]
-    padded = jnp.pad(m[..., ::-1], [(0, 0)] * (m.ndim - 1) + [(0, n)])
-    shifted = padded.reshape(*m.shape[:-2], 2 * n * n)[..., : n * (2 * n - 1)]
-    return shifted.reshape(*m.shape[:-2], n, 2 * n - 1)[..., ::-1]
+def _offsets(n: int) -> np.ndarray:
+    """(n, n, 2n-1) one-hot: [q, k, d] = 1 where d = k - q + n - 1, the offset of k from q on a
+    grid axis of n tokens, counted from the canvas edge."""
+    q, k, d = np.ogrid[:n, :n, : 2 * n - 1]
+    return (d == k - q + n - 1).astype(np.float32)
 
 
 def aligned_canvas(rows: jax.Array, grid: tuple[int, int]) -> jax.Array:
     """(..., Q, K) patch rows -> (..., 2gh-1, 2gw-1): every query's map pasted centred on the query, summed.
 
     Key (ki, kj) of query (i, j) lands at (gh-1 + ki-i, gw-1 + kj-j), as Teaching Matters pastes
-    query (i, j)'s map with its top-left corner at (gh-1-i, gw-1-j). The two grid axes are aligned
-    one after the other (rows, then columns), summing out the query coordinate each time.
+    query (i, j)'s map with its top-left corner at (gh-1-i, gw-1-j). The paste is linear, so it is
+    two contractions with one-hot offset tables, rows then columns (about 1.4x faster on XLA:CPU
+    than shifting the rows in memory, and a matrix product on accelerators).
     """
     gh, gw = grid
-    lead = rows.shape[:-2]
-    maps = rows.reshape(*lead, gh, gw, gh, gw)  # [qi, qj, ki, kj]
-    maps = jnp.moveaxis(maps, (-4, -2), (-2, -1))  # [qj, kj, qi, ki]
-    by_row = _align_rows(maps).sum(-2)  # [qj, kj, dy]
-    by_row = jnp.moveaxis(by_row, -1, -3)  # [dy, qj, kj]
-    return _align_rows(by_row).sum(-2)  # [dy, dx]
+    maps = rows.reshape(*rows.shape[:-2], gh, gw, gh, gw)  # [qi, qj, ki, kj]
+    by_row = jnp.einsum("...abcd,acy->...bdy", maps, _offsets(gh), precision=jax.lax.Precision.HIGHEST)
+    return jnp.einsum("...bdy,bdx->...yx", by_row, _offsets(gw), precision=jax.lax.Precision.HIGHEST)
 
 
 def attention_offset(canvas: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
