@@ -17,9 +17,13 @@ from jax.flatten_util import ravel_pytree
 
 from curvature_runs import direction, mlp_batches, mlp_loss, mlp_params, results
 from train_runs import environment, free_port
+
+import vitjax
 from vitjax import parallel
 from vitjax.curvature.eigen import lanczos, lanczos_tridiagonal, power_iteration
-from vitjax.curvature.operator import CurvatureError, determinism_probe, hessian_operator, symmetry_probe
+from vitjax.curvature.losses import ClassificationLoss
+from vitjax.curvature.operator import (CurvatureError, _distinct, determinism_probe, hessian_operator,
+                                      symmetry_probe)
 
 ONE = parallel.make_mesh(devices=jax.devices()[:1])
 
@@ -101,6 +105,36 @@ def test_linearized_operator_keeps_weight_decay_and_products_of_new_vectors(x64)
     assert abs(float(loss) - plain.loss()) < 1e-12 and relative(flat(grad), flat(plain.grad())) < 1e-12
     with pytest.raises(ValueError, match="forward-over-reverse"):
         hessian_operator(mlp_loss, params, batches, mesh=ONE, mode="rev_rev").linearized()
+
+
+def test_distinct_drops_only_bit_identical_residuals():
+    one_hot = np.eye(8, dtype=np.float32)
+    leaves = [jnp.asarray(one_hot[0]), jnp.asarray(one_hot[0].copy()),
+              jnp.asarray(one_hot[7]),  # the same two fingerprint sums as one_hot[0], other values
+              jnp.zeros(8), -jnp.zeros(8),  # equal as numbers, not as bits
+              jnp.full(3, jnp.nan), jnp.full(3, jnp.nan), jnp.arange(3)]
+    kept, index = _distinct(leaves)
+    assert index == (0, 0, 1, 2, 3, 4, 4, 5)
+    for leaf, i in zip(leaves, index):
+        np.testing.assert_array_equal(np.asarray(kept[i]), np.asarray(leaf))
+        assert np.array_equal(np.signbit(kept[i]), np.signbit(leaf))
+
+
+def test_linearized_vit_stores_repeated_residuals_once():
+    """A ViT's linearized gradient repeats values (GELU's slope, for one: once for the forward
+    pass's tangent, once for the backward's); the operator keeps each once and its products still
+    equal the plain operator's."""
+    model, params = vitjax.create_model("vit_tiny_patch16_224", key=jax.random.key(0), image_size=16, patch_size=8,
+                                        depth=2, width=16, num_heads=2, mlp_dim=32, num_classes=3)
+    rng = np.random.default_rng(0)
+    batches = [{"image": rng.normal(size=(4, 16, 16, 3)).astype(np.float32),
+                "label": rng.integers(0, 3, 4).astype(np.int32)}]
+    plain = hessian_operator(ClassificationLoss(model), params, batches, mesh=ONE)
+    kept = plain.linearized()
+    stored, index = kept.linearization[2:]
+    assert len(stored) < len(index) and sorted(set(index)) == list(range(len(stored)))
+    v = jax.tree.map(lambda x: rng.normal(size=x.shape).astype(np.float32), params)
+    assert relative(flat(kept.matvec(v)), flat(plain.matvec(v))) < 1e-5
 
 
 def test_float32_hvp_within_1e4_of_float64_hessian():
