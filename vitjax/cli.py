@@ -324,7 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     curvature.add_argument("--trace-max-matvecs", type=int, help="Hutchinson probe budget (default 30)")
     curvature.add_argument("--linearize", action="store_true", default=None,
                            help="keep each Hessian's linearization in memory, as PyHessian keeps its graph: every "
-                           "product after the first runs only its tangent half (about 1.5x faster) for about 2.3x "
+                           "product after the first runs only its tangent half (about 1.5x faster) for about 1.6x "
                            "a gradient's peak memory held per mini-batch")
     curvature.add_argument("--seed", type=int, help="seed of the batches, augmentation and probes (default 0)")
     curvature.add_argument("--config", help="a Python file whose get_config() sets these options "
