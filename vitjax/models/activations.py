@@ -5,7 +5,7 @@ goes through erfc and costs about 5% of a ViT-S forward on CPU). Its first and s
 are given as custom JVP rules, so that each derivative is one array. What differentiating the
 formula would keep instead (erf, the Gaussian density and their products, each as wide as the MLP)
 is what fills a Hessian-vector product's memory: `jax.linearize` of a ViT-S gradient kept nine
-MLP-wide arrays per block with the formula, five with these rules (see vitjax/curvature/operator.py).
+MLP-wide arrays per block with the formula, six with these rules (see vitjax/curvature/operator.py).
 """
 
 from __future__ import annotations

@@ -40,10 +40,6 @@ class LayerNorm(nn.Module):
         return (normalised * scale + bias).astype(self.dtype)
 
 
-def layer_norm(eps: float, dtype, name: str) -> LayerNorm:
-    return LayerNorm(epsilon=eps, dtype=dtype, name=name)
-
-
 def relative_position_index(grid: tuple[int, int]) -> np.ndarray:
     """BEiT's (N, N) index into its relative position bias table, N = 1 + gh * gw.
 

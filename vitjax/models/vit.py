@@ -14,7 +14,7 @@ from flax import linen as nn
 
 from vitjax.capture import Capture, CaptureLike, Output, TokenLayout, as_capture
 from vitjax.models.inputs import check_nhwc
-from vitjax.models.layers import Attention, Mlp, dense_init, layer_norm
+from vitjax.models.layers import Attention, LayerNorm, Mlp, dense_init
 from vitjax.models.posemb import Resample, resample_grid
 
 
@@ -95,7 +95,7 @@ class Block(nn.Module):
     def __call__(self, x: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
         cfg = self.config
         record = {}
-        h = layer_norm(cfg.norm_eps, cfg.dtype, "norm1")(x)
+        h = LayerNorm(cfg.norm_eps, cfg.dtype, name="norm1")(x)
         record["norm1"] = h
         attn, attn_record = Attention(
             cfg.num_heads, cfg.qkv_bias, self.rel_pos_grid, self.taps, cfg.dtype, self.layout, name="attn"
@@ -105,7 +105,7 @@ class Block(nn.Module):
             attn = attn * self.param("ls1", nn.initializers.constant(1e-5), (cfg.width,))
         record["attn_branch"] = attn
         x = x + attn
-        h = layer_norm(cfg.norm_eps, cfg.dtype, "norm2")(x)
+        h = LayerNorm(cfg.norm_eps, cfg.dtype, name="norm2")(x)
         record["norm2"] = h
         mlp = Mlp(cfg.mlp_dim, cfg.mlp, cfg.dtype, name="mlp")(h)
         if cfg.layer_scale:
@@ -172,7 +172,7 @@ class ViT(nn.Module):
             prefix.append(jnp.broadcast_to(registers, (batch, cfg.num_registers, cfg.width)).astype(cfg.dtype))
         x = jnp.concatenate([*prefix, x], axis=1)
         if cfg.norm_pre:
-            x = layer_norm(cfg.norm_eps, cfg.dtype, "norm_pre")(x)
+            x = LayerNorm(cfg.norm_eps, cfg.dtype, name="norm_pre")(x)
 
         if cfg.rel_pos_bias and grid != cfg.grid:
             raise ValueError(
@@ -187,7 +187,7 @@ class ViT(nn.Module):
             x, record = Block(cfg, rel_pos_grid, taps, layout, name=f"blocks_{i}")(x)
             layers.append({**record, "patch_embed": patch_embed} if "patch_embed" in taps else record)
 
-        tokens = layer_norm(cfg.norm_eps, cfg.dtype, "norm")(x) if cfg.final_norm else x
+        tokens = LayerNorm(cfg.norm_eps, cfg.dtype, name="norm")(x) if cfg.final_norm else x
         if cfg.pool == "token" and cfg.dist_token:
             pooled = (tokens[:, 0] + tokens[:, 1]) / 2  # timm's pre-logits feature of distilled DeiT
         elif cfg.pool == "token":
@@ -195,7 +195,7 @@ class ViT(nn.Module):
         else:
             pooled = tokens[:, layout.patch_slice].mean(axis=1)
         if cfg.fc_norm:
-            pooled = layer_norm(cfg.norm_eps, cfg.dtype, "fc_norm")(pooled)
+            pooled = LayerNorm(cfg.norm_eps, cfg.dtype, name="fc_norm")(pooled)
 
         logits = None
         if cfg.num_classes:
