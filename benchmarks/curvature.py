@@ -17,6 +17,9 @@
    linearization and the product, whose arguments include the stored residuals). Goal <= 3x.
 
 Weights and images are random (the costs do not depend on them); the model is in eval mode.
+
+Both sides run with glibc's malloc set to keep freed memory, as the `vitjax` command sets it
+(`vitjax.allocator`); VITJAX_MALLOC=system measures glibc's default instead.
 """
 
 from __future__ import annotations
@@ -46,6 +49,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-pyhessian", action="store_true")
     args = parser.parse_args()
+
+    from vitjax import allocator
+
+    print(allocator.describe(allocator.keep_freed_memory()))  # before the first computation
 
     import jax
     import numpy as np

@@ -7,6 +7,9 @@ For each model it times timm (eval mode, torch.inference_mode, its fused attenti
 without capture, then both again returning every block's attention probabilities (timm through its
 non-fused path and forward hooks, as timm's own AttentionExtract does), and prints images/s and
 the vitjax/timm ratios. Weights are random: throughput does not depend on them.
+
+Both sides run with glibc's malloc set to keep freed memory, as the `vitjax` command sets it
+(`vitjax.allocator`); VITJAX_MALLOC=system measures glibc's default instead.
 """
 
 from __future__ import annotations
@@ -68,6 +71,10 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+
+    from vitjax import allocator
+
+    print(allocator.describe(allocator.keep_freed_memory()))  # before the first computation
 
     import numpy as np
     import torch

@@ -16,7 +16,9 @@ In one process, on whatever JAX and TensorFlow see (all CPU cores by default), i
       background thread as in training, so both compete for the same cores;
 
 and prints (a)/(b), which says how much headroom the input has, and (c)/(b), which says whether
-feeding the step slows it (1.0: never input-bound). Model weights are random.
+feeding the step slows it (1.0: never input-bound). Model weights are random. glibc's malloc is
+set to keep freed memory, as `vitjax train` sets it (`vitjax.allocator`; VITJAX_MALLOC=system for
+glibc's default).
 """
 
 from __future__ import annotations
@@ -88,6 +90,10 @@ def main() -> None:
     parser.add_argument("--pipeline-batches", type=int, default=30)
     parser.add_argument("--steps", type=int, default=5, help="training steps timed, (b) and (c)")
     args = parser.parse_args()
+
+    from vitjax import allocator
+
+    print(allocator.describe(allocator.keep_freed_memory()))  # before the first computation
 
     import jax
     from jax.sharding import Mesh, NamedSharding, PartitionSpec as P

@@ -10,6 +10,9 @@ decay masked as DeiT masks it, on both sides). vitjax runs the trainer's own jit
 runs the model in train mode with `torch.optim.AdamW` (its default foreach implementation).
 Weights and images are random: the cost of a step does not depend on them. Prints images/s for
 both and the vitjax/timm ratio.
+
+Both sides run with glibc's malloc set to keep freed memory, as the `vitjax` command sets it
+(`vitjax.allocator`); VITJAX_MALLOC=system measures glibc's default instead.
 """
 
 from __future__ import annotations
@@ -102,6 +105,10 @@ def main() -> None:
                         help="compute dtype; bfloat16: timm under torch.autocast, vitjax with model.dtype (params "
                         "and optimizer stay float32 on both sides)")
     args = parser.parse_args()
+
+    from vitjax import allocator
+
+    print(allocator.describe(allocator.keep_freed_memory()))  # before the first computation
 
     import numpy as np
     import torch

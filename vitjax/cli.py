@@ -30,6 +30,10 @@ vitjax: Vision Transformers as pure JAX functions, and the analyses of how they 
                                      accuracy under band-limited noise, Fourier heat map of the error
 
 Run `vitjax COMMAND --help` for the options of each command.
+
+On Linux the command sets glibc's malloc to keep freed memory for reuse (XLA:CPU would otherwise
+page-fault its temporaries anew on every step; see vitjax/allocator.py). VITJAX_MALLOC=system
+turns that off.
 """
 
 
@@ -387,6 +391,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from vitjax import allocator
+
+    allocator.keep_freed_memory()  # before JAX's first computation starts its worker threads
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
