@@ -14,7 +14,11 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None =
     whichever of probs and logits the caller does not use.
     """
     head_dim = q.shape[-1]
-    logits = jnp.einsum("bqhd,bkhd->bhqk", q * head_dim**-0.5, k)
+    # Heads moved next to the batch before the two matmuls: XLA:CPU then runs them as batched
+    # matmuls over (B, H) on both cores; on (B, N, H, Dh) operands it ran them at about half the
+    # speed (ViT-S/16 forward 15% faster, ViT-B/16 6%, the train step unchanged; measured 2026-11-21).
+    q, k, v = (jnp.swapaxes(t, 1, 2) for t in (q, k, v))
+    logits = jnp.einsum("bhqd,bhkd->bhqk", q * head_dim**-0.5, k)
     logits = logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
     if bias is not None:
         logits = logits + bias
@@ -23,5 +27,6 @@ def attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None =
     # matmul to oneDNN; the probabilities cost one multiply, and only when a caller uses them.
     e = jnp.exp(logits - jax.lax.stop_gradient(logits.max(axis=-1, keepdims=True)))
     inverse_sum = 1.0 / e.sum(axis=-1, keepdims=True)  # (B, H, N, 1)
-    out = jnp.einsum("bhqk,bkhd->bqhd", e.astype(v.dtype), v) * jnp.swapaxes(inverse_sum, 1, 2).astype(v.dtype)
+    out = jnp.einsum("bhqk,bhkd->bhqd", e.astype(v.dtype), v) * inverse_sum.astype(v.dtype)
+    out = jnp.swapaxes(out, 1, 2)
     return out, e * inverse_sum, logits
