@@ -3,13 +3,14 @@
     python benchmarks/train_step.py                        # ViT-S/16, 224 px, batch 32
     python benchmarks/train_step.py --repeats 10 --batch 16
     python benchmarks/train_step.py --dtype bfloat16        # bf16 compute (torch.autocast / model.dtype)
+    python benchmarks/train_step.py --parts                 # forward, value-and-grad, AdamW update apart
 
 One step is a forward pass, the cross-entropy loss, the backward pass and an AdamW update (weight
 decay masked as DeiT masks it, on both sides). vitjax runs the trainer's own jitted step
 (`vitjax.train.loop.train_step`, state donated) with the supervised objective and no mixup; timm
 runs the model in train mode with `torch.optim.AdamW` (its default foreach implementation).
 Weights and images are random: the cost of a step does not depend on them. Prints images/s for
-both and the vitjax/timm ratio.
+both, the vitjax/timm ratio, and the minor page faults of one more step on each side.
 
 Both sides run with glibc's malloc set to keep freed memory, as the `vitjax` command sets it
 (`vitjax.allocator`); VITJAX_MALLOC=system measures glibc's default instead.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import resource
 import statistics
 import sys
 import time
@@ -95,6 +97,51 @@ def vitjax_step(arch: str, images_nhwc, labels, dtype: str):
     return step
 
 
+def step_parts(arch: str, images_nhwc, labels) -> dict:
+    """Forward (no gradient), loss + gradient, and AdamW update as separate calls, for both sides
+    (float32, no weight-decay mask: the update's cost does not depend on it)."""
+    import jax
+    import optax
+    import timm
+    import torch
+
+    import vitjax
+
+    model, params = vitjax.create_model(arch, key=jax.random.key(0))
+    x, y = jax.numpy.asarray(images_nhwc), jax.numpy.asarray(labels)
+
+    def loss(p, x, y):
+        logits = model.apply({"params": p}, x).logits
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    forward, value_and_grad = jax.jit(loss), jax.jit(jax.value_and_grad(loss))
+    tx = optax.adamw(1e-4, weight_decay=0.05)
+    opt_state, grads = tx.init(params), value_and_grad(params, x, y)[1]
+    update = jax.jit(lambda p, o, g: optax.apply_updates(p, tx.update(g, o, p)[0]))
+
+    torch_model = timm.create_model(arch, pretrained=False).train()
+    x_nchw = torch.from_numpy(images_nhwc.transpose(0, 3, 1, 2).copy())
+    y_torch = torch.from_numpy(labels.astype("int64"))
+    torch_opt = torch.optim.AdamW(torch_model.parameters(), lr=1e-4, weight_decay=0.05)
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def timm_forward():
+        with torch.no_grad():
+            loss_fn(torch_model(x_nchw), y_torch)
+
+    def timm_grad():
+        torch_model.zero_grad(set_to_none=False)
+        loss_fn(torch_model(x_nchw), y_torch).backward()
+
+    timm_grad()  # the optimizer step needs gradients
+    return {"timm forward": timm_forward,
+            "vitjax forward": lambda: jax.block_until_ready(forward(params, x, y)),
+            "timm value-and-grad": timm_grad,
+            "vitjax value-and-grad": lambda: jax.block_until_ready(value_and_grad(params, x, y)),
+            "timm AdamW update": torch_opt.step,
+            "vitjax AdamW update": lambda: jax.block_until_ready(update(params, opt_state, grads))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="vit_small_patch16_224")
@@ -104,6 +151,8 @@ def main() -> None:
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="compute dtype; bfloat16: timm under torch.autocast, vitjax with model.dtype (params "
                         "and optimizer stay float32 on both sides)")
+    parser.add_argument("--parts", action="store_true",
+                        help="time the forward, the loss and gradient, and the AdamW update separately (float32)")
     args = parser.parse_args()
 
     from vitjax import allocator
@@ -117,14 +166,22 @@ def main() -> None:
     x = rng.randn(args.batch, args.image_size, args.image_size, 3).astype(np.float32)
     y = rng.randint(0, 1000, args.batch)
     x_nchw = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
+    if args.parts:
+        for name, t in interleaved_medians(step_parts(args.model, x, y.astype(np.int32)), args.repeats).items():
+            print(f"{name:24s}{t * 1e3:9.1f} ms")
+        return
     print(f"{args.model}, batch {args.batch}, {args.image_size} px, {args.dtype}, AdamW, "
           f"torch threads {torch.get_num_threads()}, median of {args.repeats} interleaved", flush=True)
-    seconds = interleaved_medians({"timm": timm_step(args.model, x_nchw, torch.from_numpy(y), args.dtype),
-                                   "vitjax": vitjax_step(args.model, x, y.astype(np.int32), args.dtype)},
-                                  args.repeats)
+    steps = {"timm": timm_step(args.model, x_nchw, torch.from_numpy(y), args.dtype),
+             "vitjax": vitjax_step(args.model, x, y.astype(np.int32), args.dtype)}
+    seconds = interleaved_medians(steps, args.repeats)
     for name, t in seconds.items():
         print(f"{name:7s}{args.batch / t:7.2f} img/s  ({t * 1e3:.0f} ms/step)")
     print(f"ratio  {seconds['timm'] / seconds['vitjax']:.2f}x")
+    for name, step in steps.items():  # the allocator's effect: glibc's default faults in XLA's temporaries
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        step()
+        print(f"{name} step: {resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before} minor page faults")
 
 
 if __name__ == "__main__":

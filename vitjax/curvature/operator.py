@@ -317,9 +317,9 @@ class HessianOperator:
 
     def linearized(self) -> HessianOperator:
         """This operator with the linearization of the gradient kept in memory (what PyHessian keeps
-        with `create_graph=True`): each product then runs only its tangent half, about 2 gradients
-        of time instead of 2.6 (ViT-S on CPU), while holding about 1.6x a gradient's peak memory per
-        batch for as long as the operator lives (2.8x at a product's peak). For the many products of
+        with `create_graph=True`): each product then runs only its tangent half, 1.7-2 gradients of
+        time instead of 2.6 (ViT-S on CPU), while holding about 1.6x a gradient's peak memory per
+        batch for as long as the operator lives (2.7-2.8x at a product's peak). For the many products of
         one eigenvalue or density estimate on fixed batches; forward-over-reverse mode only."""
         if self.mode != "fwd_rev":
             raise ValueError("linearized() keeps a forward-over-reverse linearization; the operator's mode is "
