@@ -97,7 +97,7 @@ def vitjax_step(arch: str, images_nhwc, labels, dtype: str):
     return step
 
 
-def step_parts(arch: str, images_nhwc, labels) -> dict:
+def step_parts(arch: str, images_nhwc, labels, images_nchw, labels_torch) -> dict:
     """Forward (no gradient), loss + gradient, and AdamW update as separate calls, for both sides
     (float32, no weight-decay mask: the update's cost does not depend on it)."""
     import jax
@@ -120,18 +120,16 @@ def step_parts(arch: str, images_nhwc, labels) -> dict:
     update = jax.jit(lambda p, o, g: optax.apply_updates(p, tx.update(g, o, p)[0]))
 
     torch_model = timm.create_model(arch, pretrained=False).train()
-    x_nchw = torch.from_numpy(images_nhwc.transpose(0, 3, 1, 2).copy())
-    y_torch = torch.from_numpy(labels.astype("int64"))
     torch_opt = torch.optim.AdamW(torch_model.parameters(), lr=1e-4, weight_decay=0.05)
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def timm_forward():
         with torch.no_grad():
-            loss_fn(torch_model(x_nchw), y_torch)
+            loss_fn(torch_model(images_nchw), labels_torch)
 
     def timm_grad():
         torch_model.zero_grad(set_to_none=False)
-        loss_fn(torch_model(x_nchw), y_torch).backward()
+        loss_fn(torch_model(images_nchw), labels_torch).backward()
 
     timm_grad()  # the optimizer step needs gradients
     return {"timm forward": timm_forward,
@@ -167,7 +165,8 @@ def main() -> None:
     y = rng.randint(0, 1000, args.batch)
     x_nchw = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     if args.parts:
-        for name, t in interleaved_medians(step_parts(args.model, x, y.astype(np.int32)), args.repeats).items():
+        parts = step_parts(args.model, x, y.astype(np.int32), x_nchw, torch.from_numpy(y))
+        for name, t in interleaved_medians(parts, args.repeats).items():
             print(f"{name:24s}{t * 1e3:9.1f} ms")
         return
     print(f"{args.model}, batch {args.batch}, {args.image_size} px, {args.dtype}, AdamW, "
