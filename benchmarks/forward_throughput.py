@@ -2,11 +2,14 @@
 
     python benchmarks/forward_throughput.py                       # ViT-S/16 and ViT-B/16, batch 16, 224 px
     python benchmarks/forward_throughput.py --models vit_small_patch16_224 --repeats 10
+    python benchmarks/forward_throughput.py --dtype bfloat16     # timm under torch.autocast, vitjax model.dtype
 
 For each model it times timm (eval mode, torch.inference_mode, its fused attention) and vitjax (jit)
 without capture, then both again returning every block's attention probabilities (timm through its
 non-fused path and forward hooks, as timm's own AttentionExtract does), and prints images/s and
-the vitjax/timm ratios. Weights are random: throughput does not depend on them.
+the vitjax/timm ratios. Weights are random: throughput does not depend on them. With --dtype
+bfloat16 both sides compute in bfloat16 with float32 weights: timm under torch.autocast, vitjax
+with the model's dtype set.
 
 Both sides run with glibc's malloc set to keep freed memory, as the `vitjax` command sets it
 (`vitjax.allocator`); VITJAX_MALLOC=system measures glibc's default instead.
@@ -34,7 +37,9 @@ def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def timm_runner(arch: str, x_nchw, capture: bool):
+def timm_runner(arch: str, x_nchw, capture: bool, dtype: str):
+    import contextlib
+
     import timm
     import torch
 
@@ -47,18 +52,19 @@ def timm_runner(arch: str, x_nchw, capture: bool):
 
     def run():
         maps.clear()
-        with torch.inference_mode():
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
+        with torch.inference_mode(), autocast:
             model(x_nchw)
 
     return run
 
 
-def vitjax_runner(arch: str, x_nhwc, capture: bool):
+def vitjax_runner(arch: str, x_nhwc, capture: bool, dtype: str):
     import jax
 
     import vitjax
 
-    model, params = vitjax.create_model(arch, key=jax.random.key(0))
+    model, params = vitjax.create_model(arch, key=jax.random.key(0), dtype=dtype)
     taps = ("attn",) if capture else None
     forward = jax.jit(lambda p, x: model.apply({"params": p}, x, capture=taps))
     return lambda: jax.block_until_ready(forward(params, x_nhwc))
@@ -70,6 +76,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="compute dtype of both sides (weights stay float32)")
     args = parser.parse_args()
 
     from vitjax import allocator
@@ -81,13 +89,13 @@ def main() -> None:
 
     x = np.random.RandomState(0).randn(args.batch, args.image_size, args.image_size, 3).astype(np.float32)
     x_nchw = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
-    print(f"batch {args.batch}, {args.image_size} px, float32, torch threads {torch.get_num_threads()}, "
+    print(f"batch {args.batch}, {args.image_size} px, {args.dtype}, torch threads {torch.get_num_threads()}, "
           f"median of {args.repeats}")
     print(f"{'model':28s} {'capture':8s} {'timm img/s':>11s} {'vitjax img/s':>13s} {'ratio':>6s}")
     for arch in args.models:
         for capture in (False, True):
-            t_timm = median_seconds(timm_runner(arch, x_nchw, capture), args.repeats)
-            t_jax = median_seconds(vitjax_runner(arch, x, capture), args.repeats)
+            t_timm = median_seconds(timm_runner(arch, x_nchw, capture, args.dtype), args.repeats)
+            t_jax = median_seconds(vitjax_runner(arch, x, capture, args.dtype), args.repeats)
             label = "attn" if capture else "none"
             print(f"{arch:28s} {label:8s} {args.batch / t_timm:11.2f} {args.batch / t_jax:13.2f} "
                   f"{t_timm / t_jax:6.2f}x", flush=True)

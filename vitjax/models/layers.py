@@ -15,6 +15,24 @@ from vitjax.models.attention_taps import attend
 dense_init = nn.initializers.truncated_normal(0.02)
 
 
+def accumulate_wide(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+    """lax.dot_general that sums in at least float32 and returns the operands' dtype.
+
+    For bfloat16 operands XLA:CPU runs a dot with a float32 result 1.7x as fast as one with a
+    bfloat16 result (197 against 116 GFLOP/s on ViT-S's fc1 shape, 2026-11-22), and the float32 sum
+    is rounded once at the end; float32 and float64 dots are unchanged. Plain lax ops, so jvp, grad
+    and vmap compose as before.
+    """
+    wide = jnp.promote_types(jnp.result_type(lhs, rhs), jnp.float32)
+    out = jax.lax.dot_general(lhs, rhs, dimension_numbers, precision=precision, preferred_element_type=wide)
+    return out.astype(jnp.result_type(lhs, rhs))
+
+
+def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """x @ kernel (contracting x's last axis with the kernel's first), summed as accumulate_wide sums."""
+    return accumulate_wide(x, kernel, (((x.ndim - 1,), (0,)), ((), ())))
+
+
 class LayerNorm(nn.Module):
     """nn.LayerNorm's parameters ('scale', 'bias') and value, with the two-pass variance.
 
@@ -84,7 +102,8 @@ class Attention(nn.Module):
         batch, num_tokens, width = x.shape
         head_dim = width // self.num_heads
         qkv = nn.Dense(
-            3 * width, use_bias=self.qkv_bias == "qkv", dtype=self.dtype, kernel_init=dense_init, name="qkv"
+            3 * width, use_bias=self.qkv_bias == "qkv", dtype=self.dtype, kernel_init=dense_init,
+            dot_general=accumulate_wide, name="qkv"
         )(x)
         if self.qkv_bias == "qv":
             q_bias = self.param("q_bias", nn.initializers.zeros, (width,))
@@ -108,7 +127,7 @@ class Attention(nn.Module):
             bias = jnp.transpose(table[index], (2, 0, 1))
         out, record = attend(q, k, v, bias, self.taps, self.layout)
         out = out.reshape(batch, num_tokens, width)
-        out = nn.Dense(width, dtype=self.dtype, kernel_init=dense_init, name="proj")(out)
+        out = nn.Dense(width, dtype=self.dtype, kernel_init=dense_init, dot_general=accumulate_wide, name="proj")(out)
 
         heads_first = lambda t: jnp.transpose(t, (0, 2, 1, 3))  # (B, N, H, Dh) -> (B, H, N, Dh)
         record.update({"q": heads_first(q), "k": heads_first(k), "v": heads_first(v)})
@@ -131,9 +150,9 @@ class Mlp(nn.Module):
         width = x.shape[-1]
         fc1 = nn.Dense(
             2 * self.hidden if self.kind == "swiglu" else self.hidden,
-            dtype=self.dtype, kernel_init=dense_init, name="fc1",
+            dtype=self.dtype, kernel_init=dense_init, dot_general=accumulate_wide, name="fc1",
         )
-        fc2 = nn.Dense(width, dtype=self.dtype, kernel_init=dense_init, name="fc2")
+        fc2 = nn.Dense(width, dtype=self.dtype, kernel_init=dense_init, dot_general=accumulate_wide, name="fc2")
         if self.kind == "swiglu":
             x1, x2 = jnp.split(fc1(x), 2, axis=-1)
             return fc2(jax.nn.silu(x1) * x2)

@@ -14,7 +14,7 @@ from flax import linen as nn
 
 from vitjax.capture import Capture, CaptureLike, Output, TokenLayout, as_capture
 from vitjax.models.inputs import check_nhwc
-from vitjax.models.layers import Attention, LayerNorm, Mlp, dense_init
+from vitjax.models.layers import Attention, LayerNorm, Mlp, accumulate_wide, dense_init, matmul
 from vitjax.models.posemb import Resample, resample_grid
 
 
@@ -143,7 +143,7 @@ class ViT(nn.Module):
         kernel = self.param("patch_embed_kernel", dense_init, (p, p, cfg.in_chans, cfg.width))
         patches = images.astype(cfg.dtype).reshape(batch, grid[0], p, grid[1], p, cfg.in_chans)
         patches = patches.transpose(0, 1, 3, 2, 4, 5).reshape(batch, grid[0] * grid[1], -1)
-        x = patches @ kernel.reshape(-1, cfg.width).astype(cfg.dtype)
+        x = matmul(patches, kernel.reshape(-1, cfg.width).astype(cfg.dtype))
         if cfg.patch_bias:
             x = x + self.param("patch_embed_bias", nn.initializers.zeros, (cfg.width,)).astype(cfg.dtype)
         patch_embed = x  # the 'patch_embed' tap (the Registers paper's redundancy test reads it)
@@ -199,14 +199,16 @@ class ViT(nn.Module):
 
         logits = None
         if cfg.num_classes:
-            head = nn.Dense(cfg.num_classes, dtype=cfg.dtype, kernel_init=dense_init, name="head")
+            head = nn.Dense(cfg.num_classes, dtype=cfg.dtype, kernel_init=dense_init, dot_general=accumulate_wide,
+                            name="head")
             if cfg.dist_token:
                 # DeiT distilled inference: average the class head and the distillation head.
-                head_dist = nn.Dense(cfg.num_classes, dtype=cfg.dtype, kernel_init=dense_init, name="head_dist")
+                head_dist = nn.Dense(cfg.num_classes, dtype=cfg.dtype, kernel_init=dense_init,
+                                     dot_general=accumulate_wide, name="head_dist")
                 logits = (head(tokens[:, 0]) + head_dist(tokens[:, 1])) / 2
             else:
                 logits = head(pooled)
         embedding = None
         if cfg.proj_dim:
-            embedding = pooled @ self.param("proj", dense_init, (cfg.width, cfg.proj_dim)).astype(cfg.dtype)
+            embedding = matmul(pooled, self.param("proj", dense_init, (cfg.width, cfg.proj_dim)).astype(cfg.dtype))
         return Output(pooled, tokens, embedding, logits, tuple(layers), layout)
