@@ -44,9 +44,16 @@ def interleaved_medians(steps: dict, repeats: int, warmup: int = 2) -> dict[str,
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def timm_step(arch: str, images_nchw, labels, dtype: str):
+def torch_autocast(dtype: str):
+    """torch.autocast to bfloat16 on the CPU for dtype 'bfloat16', else a context that does nothing."""
     import contextlib
 
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
+
+
+def timm_step(arch: str, images_nchw, labels, dtype: str):
     import timm
     import torch
 
@@ -57,12 +64,9 @@ def timm_step(arch: str, images_nchw, labels, dtype: str):
                                    {"params": no_decay, "weight_decay": 0.0}], lr=1e-4)
     loss_fn = torch.nn.CrossEntropyLoss()
 
-    def autocast():
-        return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
-
     def step():
         optimizer.zero_grad(set_to_none=True)
-        with autocast():
+        with torch_autocast(dtype):
             loss = loss_fn(model(images_nchw), labels)
         loss.backward()
         optimizer.step()
@@ -97,9 +101,9 @@ def vitjax_step(arch: str, images_nhwc, labels, dtype: str):
     return step
 
 
-def step_parts(arch: str, images_nhwc, labels, images_nchw, labels_torch) -> dict:
+def step_parts(arch: str, images_nhwc, labels, images_nchw, labels_torch, dtype: str) -> dict:
     """Forward (no gradient), loss + gradient, and AdamW update as separate calls, for both sides
-    (float32, no weight-decay mask: the update's cost does not depend on it)."""
+    (no weight-decay mask: the update's cost does not depend on it)."""
     import jax
     import optax
     import timm
@@ -107,11 +111,11 @@ def step_parts(arch: str, images_nhwc, labels, images_nchw, labels_torch) -> dic
 
     import vitjax
 
-    model, params = vitjax.create_model(arch, key=jax.random.key(0))
+    model, params = vitjax.create_model(arch, key=jax.random.key(0), dtype=dtype)
     x, y = jax.numpy.asarray(images_nhwc), jax.numpy.asarray(labels)
 
     def loss(p, x, y):
-        logits = model.apply({"params": p}, x).logits
+        logits = model.apply({"params": p}, x).logits.astype(jax.numpy.float32)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
     forward, value_and_grad = jax.jit(loss), jax.jit(jax.value_and_grad(loss))
@@ -124,12 +128,14 @@ def step_parts(arch: str, images_nhwc, labels, images_nchw, labels_torch) -> dic
     loss_fn = torch.nn.CrossEntropyLoss()
 
     def timm_forward():
-        with torch.no_grad():
+        with torch.no_grad(), torch_autocast(dtype):
             loss_fn(torch_model(images_nchw), labels_torch)
 
     def timm_grad():
         torch_model.zero_grad(set_to_none=False)
-        loss_fn(torch_model(images_nchw), labels_torch).backward()
+        with torch_autocast(dtype):
+            loss = loss_fn(torch_model(images_nchw), labels_torch)
+        loss.backward()
 
     timm_grad()  # the optimizer step needs gradients
     return {"timm forward": timm_forward,
@@ -150,7 +156,7 @@ def main() -> None:
                         help="compute dtype; bfloat16: timm under torch.autocast, vitjax with model.dtype (params "
                         "and optimizer stay float32 on both sides)")
     parser.add_argument("--parts", action="store_true",
-                        help="time the forward, the loss and gradient, and the AdamW update separately (float32)")
+                        help="time the forward, the loss and gradient, and the AdamW update separately")
     args = parser.parse_args()
 
     from vitjax import allocator
@@ -165,7 +171,7 @@ def main() -> None:
     y = rng.randint(0, 1000, args.batch)
     x_nchw = torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))
     if args.parts:
-        parts = step_parts(args.model, x, y.astype(np.int32), x_nchw, torch.from_numpy(y))
+        parts = step_parts(args.model, x, y.astype(np.int32), x_nchw, torch.from_numpy(y), args.dtype)
         for name, t in interleaved_medians(parts, args.repeats).items():
             print(f"{name:24s}{t * 1e3:9.1f} ms")
         return
