@@ -9,7 +9,8 @@ model with every attention and feature analysis updated in the same jitted step:
 single-model analysis (all but CKA between models) except the two whose work is all in `finalize` (clustering's k-means and the
 probes' training, timed separately below; their per-batch cost is a buffer write). Random weights
 and images: the cost does not depend on them. Prints images/s for both, the ratio (goal <= 1.5x),
-the finalize times and the bytes each analysis keeps between batches.
+the finalize times and the bytes each analysis keeps between batches. Runs with glibc's malloc
+keeping freed memory, as the `vitjax` command does (`vitjax.allocator`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import jax
 import numpy as np
 
 import vitjax
-from vitjax import parallel
+from vitjax import allocator, parallel
 from vitjax.analysis import inputs, registry, run
 
 from forward_throughput import median_seconds  # benchmarks/ is the script's folder, so on sys.path
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
+    print(allocator.describe(allocator.keep_freed_memory()))  # as `vitjax analyze` runs
 
     model, params = vitjax.create_model(args.model, key=jax.random.key(0))
     size = model.config.image_size[0]

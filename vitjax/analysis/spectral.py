@@ -142,9 +142,18 @@ class ResidualStream(PerImageMean):
 
 
 def log_amplitude(x: jax.Array) -> jax.Array:
-    """Park & Kim's log(|fft2| + 1e-6) of a (B, gh, gw, D) map, averaged over channels: (B, gh, gw)."""
-    spectrum = jnp.fft.fft2(jnp.moveaxis(x, -1, 1))  # over (gh, gw)
-    return jnp.log(jnp.abs(spectrum) + 1e-6).mean(axis=1)
+    """Park & Kim's log(|fft2| + 1e-6) of a real (B, gh, gw, D) map, averaged over channels: (B, gh, gw).
+
+    A real map's spectrum is conjugate-symmetric, X[u, v] = conj X[-u, -v], so the amplitudes of
+    columns v <= gw // 2 come from a real FFT and the other columns are mirrored from them. XLA:CPU
+    runs the real FFT over (gh, gw) with the channels last about 3x as fast as a complex fft2 with
+    the channels moved first (10 against 29 ms for 32 ViT-S/16 maps of 14 x 14 x 384, 2026-11-22).
+    """
+    gh, gw = x.shape[1:3]
+    half = jnp.log(jnp.abs(jnp.fft.rfftn(x, axes=(1, 2))) + 1e-6).mean(axis=-1)  # (B, gh, gw // 2 + 1)
+    rows = -np.arange(gh) % gh
+    columns = gw - np.arange(gw // 2 + 1, gw)
+    return jnp.concatenate([half, half[:, rows][:, :, columns]], axis=2)
 
 
 def half_diagonal(mean_log: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
