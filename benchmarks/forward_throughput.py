@@ -37,9 +37,16 @@ def median_seconds(fn, repeats: int, warmup: int = 2) -> float:
     return statistics.median(times)
 
 
-def timm_runner(arch: str, x_nchw, capture: bool, dtype: str):
+def torch_autocast(dtype: str):
+    """torch.autocast to bfloat16 on the CPU for dtype 'bfloat16', else a context that does nothing."""
     import contextlib
 
+    import torch
+
+    return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
+
+
+def timm_runner(arch: str, x_nchw, capture: bool, dtype: str):
     import timm
     import torch
 
@@ -52,8 +59,7 @@ def timm_runner(arch: str, x_nchw, capture: bool, dtype: str):
 
     def run():
         maps.clear()
-        autocast = torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode(), torch_autocast(dtype):
             model(x_nchw)
 
     return run

@@ -28,6 +28,8 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests", "shims"))  # timm imports torchvision
 
+from forward_throughput import torch_autocast  # benchmarks/ is the script's folder, so on sys.path
+
 
 def interleaved_medians(steps: dict, repeats: int, warmup: int = 2) -> dict[str, float]:
     """Median seconds per call of each function, timed in turns (a, b, a, b, ...) so that both
@@ -42,15 +44,6 @@ def interleaved_medians(steps: dict, repeats: int, warmup: int = 2) -> dict[str,
             step()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
-
-
-def torch_autocast(dtype: str):
-    """torch.autocast to bfloat16 on the CPU for dtype 'bfloat16', else a context that does nothing."""
-    import contextlib
-
-    import torch
-
-    return torch.autocast("cpu", dtype=torch.bfloat16) if dtype == "bfloat16" else contextlib.nullcontext()
 
 
 def timm_step(arch: str, images_nchw, labels, dtype: str):

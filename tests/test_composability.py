@@ -152,8 +152,17 @@ def test_bfloat16_matmuls_sum_in_float32_and_compose(tiny):
     model, params, x = tiny
     model16 = vitjax.ViT(vitjax.ViTConfig(**{**vars(model.config), "dtype": "bfloat16"}))
     jaxpr = jax.make_jaxpr(lambda p, x: model16.apply({"params": p}, x).pooled)(params, x)
-    dots = [e for e in jaxpr.jaxpr.eqns if e.primitive.name == "dot_general"]
-    assert len(dots) >= 4 * model.config.depth + 1  # qkv, q.k, p.v, proj, fc1, fc2 per block; patches
+
+    def equations(jaxpr):  # with those of nested jaxprs: jnp.einsum traces its dot inside a pjit
+        for eqn in jaxpr.eqns:
+            yield eqn
+            for value in eqn.params.values():
+                inner = getattr(value, "jaxpr", value)  # a ClosedJaxpr holds its Jaxpr
+                if hasattr(inner, "eqns"):
+                    yield from equations(inner)
+
+    dots = [e for e in equations(jaxpr.jaxpr) if e.primitive.name == "dot_general"]
+    assert len(dots) >= 6 * model.config.depth + 1  # qkv, q.k, p.v, proj, fc1, fc2 per block; patches
     assert all(e.params["preferred_element_type"] == jnp.float32 for e in dots)
     assert all(e.outvars[0].aval.dtype == jnp.float32 for e in dots)
     tangent = jax.tree.map(jnp.ones_like, params)
