@@ -15,7 +15,7 @@ from vitjax.models.attention_taps import attend
 dense_init = nn.initializers.truncated_normal(0.02)
 
 
-def accumulate_wide(lhs, rhs, dimension_numbers, precision=None, preferred_element_type=None):
+def accumulate_wide(lhs, rhs, dimension_numbers, precision=None):
     """lax.dot_general that sums in at least float32 and returns the operands' dtype.
 
     For bfloat16 operands XLA:CPU runs a dot with a float32 result 1.7x as fast as one with a
